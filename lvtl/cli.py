@@ -1,0 +1,288 @@
+"""The ``lvtl`` command line. One function per command; heavy imports inside the commands.
+
+Errors print one line to stderr and exit non-zero (the code of the error's class); ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lvtl.errors import LvtlError
+
+app = typer.Typer(
+    help="lvtl: cross-site transfer learning of a 4D cardiac CT LV segmentation model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+log = logging.getLogger("lvtl")
+_state = {"debug": False}
+
+
+class Size(str, Enum):
+    small = "small"
+    paper = "paper"
+
+
+class RepairMode(str, Enum):
+    two_d = "2d"
+    three_d = "3d"
+
+
+class LabelInterp(str, Enum):
+    onehot = "onehot"
+    nearest = "nearest"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"lvtl {version('lvtl')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# --------------------------------------------------------------------------- phantom
+@app.command()
+def phantom(
+    site: Annotated[str, typer.Option(help="Site profile: site-1 (dense labels) or site-2 "
+                                            "(sparse ED/ES labels).")],
+    out: Annotated[Path, typer.Option(help="Folder to write one folder per case into.")],
+    cases: Annotated[int | None, typer.Option(help="Number of cases (default: 61 for site-1, "
+                                                   "95 for site-2).")] = None,
+    size: Annotated[Size, typer.Option(help="small (fast, tests and demo) or paper (512x512 "
+                                            "at 0.5 mm).")] = Size.small,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same cases.")] = 0,
+    workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Rewrite cases that exist.")] = False,
+) -> None:
+    """Write a synthetic site: 4D cardiac CT series (DICOM) with labels and ground truth."""
+    from lvtl.phantom import generate_site
+
+    results = generate_site(site, cases, out, size=size.value, seed=seed, workers=workers,
+                            overwrite=overwrite, progress=sys.stderr.isatty())
+    failed = [(c, e) for c, e in results if e]
+    for case_id, reason in failed:
+        _err(f"{case_id}: {reason}")
+    typer.echo(f"phantom: {len(results) - len(failed)} {site} cases in {out}"
+               + (f", {len(failed)} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- inspect
+def _dicom_folder(path: Path) -> tuple[Path, Path | None]:
+    if (path / "dicom").is_dir():
+        return path / "dicom", path
+    return path, None
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A case folder (with dicom/ and labels/) or a "
+                                              "folder of DICOM files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check a 4D CT series (and its labels): phases, shape, spacing, orientation, HU range."""
+    from lvtl.dicom import scan_series
+    from lvtl.errors import SeriesProblems
+    from lvtl.preprocess import PreprocessConfig, load_labels
+
+    folder, case_dir = _dicom_folder(path)
+    report: dict = {"path": str(path), "problems": []}
+    index = None
+    try:
+        index = scan_series(folder)
+    except SeriesProblems as e:
+        report["problems"] = [f"{folder}: {p}" for p in e.problems]
+    except LvtlError as e:
+        report["problems"] = [str(e)]
+    if index is not None:
+        g = index.geometry
+        lo, hi = float("inf"), float("-inf")
+        for _, hu in index.iter_phases():
+            lo, hi = min(lo, float(hu.min())), max(hi, float(hu.max()))
+        d = g.direction_matrix
+        ds = index.phases[0][0].ds
+        report.update({
+            "phases": index.n_phases,
+            "phase_attribute": index.phase_tag,
+            "shape": list(index.shape),
+            "spacing": [round(v, 6) for v in g.spacing],
+            "orientation": {"axes": g.axis_codes(), "row": d[2].round(6).tolist(),
+                            "column": d[1].round(6).tolist()},
+            "hu_range": [lo, hi],
+            "series_uid": index.series_uid,
+            "manufacturer": str(getattr(ds, "Manufacturer", "")),
+            "model": str(getattr(ds, "ManufacturerModelName", "")),
+            "files": sum(len(p) for p in index.phases),
+            "skipped": index.skipped,
+        })
+        if case_dir is not None and (case_dir / "labels").is_dir():
+            try:
+                labels = load_labels(case_dir, index, PreprocessConfig())
+                report["labelled_phases"] = sorted(labels)
+            except LvtlError as e:
+                report["problems"].append(str(e))
+    ok = not report["problems"]
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        for p in report["problems"]:
+            _err(p)
+        if index is not None:
+            _print_inspect(report)
+    if not ok:
+        raise typer.Exit(3)
+
+
+def _print_inspect(r: dict) -> None:
+    o = r["orientation"]
+    lines = [
+        f"{r['path']}: CT series, {r['files']} files ({r['manufacturer']} {r['model']})",
+        f"  phases       {r['phases']} (by {r['phase_attribute']})",
+        f"  shape        {r['shape']} (t, z, y, x)",
+        f"  spacing      {r['spacing']} mm (z, y, x)",
+        f"  orientation  {o['axes']} (row {o['row']}, column {o['column']})",
+        f"  HU range     {r['hu_range'][0]:g} to {r['hu_range'][1]:g}",
+    ]
+    if "labelled_phases" in r:
+        lines.append(f"  labels       phases {', '.join(map(str, r['labelled_phases']))}")
+    if r["skipped"]:
+        lines.append(f"  skipped      {len(r['skipped'])} non-DICOM files")
+    typer.echo("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- preprocess
+@app.command()
+def preprocess(
+    data: Annotated[Path | None, typer.Argument(help="Site data root (case folders) or one "
+                                                     "case folder; default: the config's.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Cache folder; default: the config's.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Site TOML config ([data], "
+                                                     "[preprocess]).")] = None,
+    spacing: Annotated[float | None, typer.Option(help="Target isotropic spacing, mm "
+                                                       "(default 1).")] = None,
+    repair_radius: Annotated[int | None, typer.Option(help="Closing radius in pixels (default "
+                                                           "5; 0 = no repair).")] = None,
+    repair_mode: Annotated[RepairMode | None, typer.Option(help="2d (per slice) or 3d.")] = None,
+    label_interp: Annotated[LabelInterp | None, typer.Option(help="onehot or nearest.")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
+    force: Annotated[bool, typer.Option(help="Redo cases that are cached.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Repair labels, resample to 1 mm and cache the 4D image-label pair of every case."""
+    from dataclasses import replace
+
+    from lvtl.config import load_site_config
+    from lvtl.errors import ConfigError
+    from lvtl.preprocess import PreprocessConfig, preprocess_site
+
+    cfg = PreprocessConfig()
+    if config is not None:
+        site = load_site_config(config)
+        cfg = site.preprocess
+        data = data or site.data_root
+        out = out or site.cache_root
+    if data is None or out is None:
+        raise ConfigError("give the data folder and --out, or a --config that names them")
+    overrides = {k: v for k, v in {
+        "spacing_mm": spacing, "repair_radius": repair_radius,
+        "repair_mode": repair_mode.value if repair_mode else None,
+        "label_interp": label_interp.value if label_interp else None}.items() if v is not None}
+    cfg = replace(cfg, **overrides)
+    results = preprocess_site(data, out, cfg, workers=workers, force=force,
+                              progress=sys.stderr.isatty())
+    counts = {s: sum(r.status == s for r in results) for s in ("written", "cached", "failed")}
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), "counts": counts,
+                               "cases": [r.__dict__ for r in results]}, indent=2))
+    else:
+        for r in results:
+            if r.status == "failed":
+                _err(f"skipped {r.reason}")
+        typer.echo(f"preprocess: {counts['written']} written, {counts['cached']} cached, "
+                   f"{counts['failed']} failed -> {out}")
+    if counts["failed"]:
+        raise typer.Exit(5)
+
+
+# --------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Working folder of the demo.")] = Path("demo-run"),
+    site1_cases: Annotated[int, typer.Option(help="Cases at site-1.")] = 4,
+    site2_cases: Annotated[int, typer.Option(help="Cases at site-2.")] = 6,
+    workers: Annotated[int, typer.Option(help="Parallel processes.")] = 2,
+) -> None:
+    """The whole story on this machine, as far as it is built: synthetic sites, inspection,
+    preprocessing. Prints the path of its summary last."""
+    from lvtl.demo import run_demo
+
+    summary = run_demo(out, site1_cases, site2_cases, workers=workers, echo=typer.echo)
+    typer.echo(str(summary))
+
+
+def main() -> None:
+    """Console-script entry point: one clear line per error, no traceback unless --debug."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except LvtlError as e:
+        if debug:
+            raise
+        _err(f"error: {e}")
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _err("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except OSError as e:
+        if debug:
+            raise
+        _err(f"error: {e.filename or ''}: {e.strerror or e}".replace(": : ", ": "))
+        sys.exit(1)
+    except Exception as e:
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
+            e.show()  # a usage error from the argument parser
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        _err(f"error: unexpected {type(e).__name__}: {e} (run with --debug for details)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

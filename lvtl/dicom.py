@@ -1,0 +1,513 @@
+"""Multi-phase CT series: write (CT Image Storage, one file per slice per phase) and ingest.
+
+Ingestion turns a folder of DICOM files into a 4D array ``(t, z, y, x)`` of HU with its
+geometry. Files are grouped by cardiac phase, slices are ordered by their position along the
+slice normal (never by file name or InstanceNumber), rescale is applied, and the series is
+checked for consistency. Reading is streamed: headers first (pixel data deferred), then one
+phase at a time, so a paper-size series (4000 files, 2 GB) never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from lvtl.errors import DicomError, SeriesProblems
+from lvtl.geometry import Geometry
+
+log = logging.getLogger(__name__)
+
+UID_ROOT = "1.2.826.0.1.3680043.10.1477."  # lvtl's prefix below the pydicom-registered root
+_POS_TOL_MM = 0.01
+_DIR_TOL = 1e-4
+
+
+# --------------------------------------------------------------------------- writing
+@dataclass
+class SeriesInfo:
+    """Patient, study, equipment and protocol attributes of a series to write."""
+
+    patient_id: str
+    patient_name: str
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    study_date: str = "20260101"
+    study_time: str = "090000"
+    manufacturer: str = "LVTL"
+    model: str = "PHANTOM"
+    kernel: str = "B30f"
+    kvp: float = 120.0
+    patient_position: str = "HFS"
+    slice_thickness: float = 1.0
+    rescale_intercept: float = 0.0
+    heart_rate: float = 60.0
+    n_phases: int = 20
+    extra: dict = field(default_factory=dict)
+
+
+def new_uid(entropy: str | None = None) -> str:
+    """A fresh UID under lvtl's prefix (deterministic when ``entropy`` is given)."""
+    return generate_uid(prefix=UID_ROOT, entropy_srcs=None if entropy is None else [entropy])
+
+
+def write_phase(
+    folder: Path,
+    hu: np.ndarray,
+    geometry: Geometry,
+    phase: int,
+    info: SeriesInfo,
+    *,
+    first_instance: int,
+) -> list[Path]:
+    """Write one phase ``(z, y, x)`` of HU values as CT Image Storage files, one per slice.
+
+    Pixels are stored as int16 ``round(HU) - intercept``. Returns the paths written. Each file
+    is written to a temporary name and renamed, so no half-written file is ever visible.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = np.rint(hu - info.rescale_intercept)
+    if stored.min() < -32768 or stored.max() > 32767:
+        raise DicomError(f"{folder}: HU values out of int16 range after rescale")
+    stored = stored.astype("<i2")
+    direction = geometry.direction_matrix
+    row_dir, col_dir = direction[2], direction[1]  # along x (columns), along y (rows)
+    percent = 100.0 * phase / info.n_phases
+    trigger_ms = percent / 100.0 * 60000.0 / info.heart_rate
+    ds = _base_dataset(info, phase)
+    ds.ImageOrientationPatient = [_ds_num(v) for v in (*row_dir, *col_dir)]
+    ds.PixelSpacing = [_ds_num(geometry.spacing[1]), _ds_num(geometry.spacing[2])]
+    ds.SliceThickness = _ds_num(info.slice_thickness)
+    ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
+    ds.NominalPercentageOfCardiacPhase = float(percent)  # FL
+    ds.TriggerTime = _ds_num(trigger_ms)
+    ds.TemporalPositionIdentifier = phase + 1
+    ds.NumberOfTemporalPositions = info.n_phases
+    ds.TemporalPositionIndex = phase + 1
+    paths = []
+    affine = geometry.index_to_lps()
+    for k in range(hu.shape[0]):
+        inst = first_instance + k
+        pos = affine @ np.array([k, 0.0, 0.0, 1.0])
+        sop_uid = new_uid(f"{info.series_uid}/{inst}")
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.SOPInstanceUID = sop_uid
+        ds.InstanceNumber = inst
+        ds.ImagePositionPatient = [_ds_num(v) for v in pos[:3]]
+        ds.SliceLocation = _ds_num(float(pos[:3] @ direction[0]))
+        ds.PixelData = stored[k].tobytes()
+        path = folder / f"IM{inst:05d}.dcm"
+        tmp = folder / f".IM{inst:05d}.dcm.tmp"
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def _ds_num(v: float) -> str:
+    """Decimal String value with at most 16 characters."""
+    s = f"{float(v):.6f}".rstrip("0").rstrip(".")
+    return s if s not in ("-0", "") else "0"
+
+
+def _base_dataset(info: SeriesInfo, phase: int) -> Dataset:
+    """The attributes shared by every slice of one phase."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = UID_ROOT + "1"
+    meta.ImplementationVersionName = "LVTL_0_1"
+    ds = Dataset()
+    ds.file_meta = meta
+    # SOP Common
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = CTImageStorage
+    ds.InstanceCreationDate = info.study_date
+    # Patient
+    ds.PatientName = info.patient_name
+    ds.PatientID = info.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    # General Study
+    ds.StudyInstanceUID = info.study_uid
+    ds.StudyDate = info.study_date
+    ds.StudyTime = info.study_time
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.StudyDescription = "CT cardiac 4D (synthetic)"
+    # General Series
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = info.series_uid
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = "Cardiac 4D retrospective 0-95%"
+    ds.PatientPosition = info.patient_position
+    ds.BodyPartExamined = "HEART"
+    # Frame of Reference
+    ds.FrameOfReferenceUID = info.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    # General Equipment
+    ds.Manufacturer = info.manufacturer
+    ds.ManufacturerModelName = info.model
+    # General Image and Acquisition
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.AcquisitionNumber = 1
+    ds.ContentDate = info.study_date
+    ds.ContentTime = info.study_time
+    ds.AcquisitionDate = info.study_date
+    ds.AcquisitionTime = info.study_time
+    ds.BurnedInAnnotation = "NO"
+    # Image Pixel
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    # CT Image
+    ds.RescaleIntercept = _ds_num(info.rescale_intercept)
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.KVP = _ds_num(info.kvp)
+    ds.ConvolutionKernel = info.kernel
+    ds.WindowCenter = "150"
+    ds.WindowWidth = "800"
+    # Cardiac Synchronization
+    ds.CardiacSynchronizationTechnique = "RETROSPECTIVE"
+    ds.CardiacSignalSource = "ECG"
+    ds.CardiacRRIntervalSpecified = float(60000.0 / info.heart_rate)  # FD
+    ds.HeartRate = int(round(info.heart_rate))
+    for k, v in info.extra.items():
+        setattr(ds, k, v)
+    return ds
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class SliceHeader:
+    """What ingestion needs from one file; pixel data is read later."""
+
+    path: Path
+    ds: Dataset
+    phase_key: float
+    position: np.ndarray
+    orientation: np.ndarray
+    pixel_spacing: tuple[float, float]
+    rows: int
+    cols: int
+
+
+@dataclass
+class SeriesIndex:
+    """A scanned series: per phase (in cardiac order) the slices ordered along the normal."""
+
+    folder: Path
+    phases: list[list[SliceHeader]]
+    phase_keys: list[float]
+    phase_tag: str
+    geometry: Geometry
+    skipped: list[str]
+    series_uid: str
+
+    @property
+    def n_phases(self) -> int:
+        return len(self.phases)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.n_phases, *self.geometry.shape)
+
+    def read_phase(self, t: int) -> np.ndarray:
+        """HU image ``(z, y, x)`` float32 of phase ``t``."""
+        g = self.geometry
+        out = np.empty(g.shape, np.float32)
+        for k, sl in enumerate(self.phases[t]):
+            out[k] = _pixels_hu(sl)
+        return out
+
+    def iter_phases(self) -> Iterator[tuple[int, np.ndarray]]:
+        for t in range(self.n_phases):
+            yield t, self.read_phase(t)
+
+    def read_all(self) -> np.ndarray:
+        """The whole series ``(t, z, y, x)`` float32 HU (holds every phase in memory)."""
+        return np.stack([self.read_phase(t) for t in range(self.n_phases)])
+
+
+_PHASE_TAGS = (
+    "TemporalPositionIndex",
+    "NominalPercentageOfCardiacPhase",
+    "TriggerTime",
+    "TemporalPositionIdentifier",
+)
+
+
+def _pixels_hu(sl: SliceHeader) -> np.ndarray:
+    ds = sl.ds
+    try:
+        ts = ds.file_meta.TransferSyntaxUID
+        if not ts.is_compressed and ds.BitsAllocated == 16 and ds.SamplesPerPixel == 1:
+            dt = np.dtype("<i2" if ds.PixelRepresentation == 1 else "<u2")
+            if not ts.is_little_endian:
+                dt = dt.newbyteorder(">")
+            raw = ds.PixelData
+            n = sl.rows * sl.cols
+            if len(raw) < 2 * n:
+                raise DicomError(f"{sl.path}: pixel data truncated ({len(raw)} of {2 * n} bytes)")
+            arr = np.frombuffer(raw, dtype=dt, count=n).reshape(sl.rows, sl.cols)
+        else:
+            arr = ds.pixel_array
+    except DicomError:
+        raise
+    except Exception as e:  # pydicom raises many types on broken pixel data
+        raise DicomError(f"{sl.path}: cannot decode pixel data ({e})") from e
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    out = arr.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """The dataset with pixel data deferred; None for a file that is not DICOM at all."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            return None
+        return pydicom.dcmread(path, defer_size=1024)
+    except InvalidDicomError:
+        return None
+
+
+def scan_series(folder: str | Path) -> SeriesIndex:
+    """Scan a folder of DICOM files (recursively) into a checked :class:`SeriesIndex`.
+
+    Non-DICOM files are skipped with a warning. Every problem found is collected and raised
+    together as :class:`~lvtl.errors.SeriesProblems`, each naming the file or phase.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DicomError(f"{folder}: not a folder")
+    problems: list[str] = []
+    skipped: list[str] = []
+    headers: list[SliceHeader] = []
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    series_uids: set[str] = set()
+    for path in files:
+        try:
+            ds = _read_header(path)
+        except Exception as e:
+            problems.append(f"{path.name}: truncated or unreadable DICOM ({_short(e)})")
+            continue
+        if ds is None:
+            skipped.append(path.name)
+            log.warning("%s: not a DICOM file, skipped", path)
+            continue
+        sl = _check_header(path, ds, problems)
+        if sl is not None:
+            headers.append(sl)
+            series_uids.add(str(getattr(ds, "SeriesInstanceUID", "")))
+    if not headers and not problems:
+        raise DicomError(f"{folder}: no DICOM files found")
+    if len(series_uids) > 1:
+        problems.append(f"{len(series_uids)} series in one folder (expected one)")
+    index = None
+    if headers:
+        index = _build_index(folder, headers, problems, skipped)
+    if problems or index is None:
+        raise SeriesProblems(str(folder), problems)
+    return index
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:120]
+
+
+def _check_header(path: Path, ds: Dataset, problems: list[str]) -> SliceHeader | None:
+    name = path.name
+    modality = str(getattr(ds, "Modality", ""))
+    if modality != "CT":
+        problems.append(f"{name}: modality {modality or '(none)'} is not CT")
+        return None
+    if "PixelData" not in ds:
+        problems.append(f"{name}: no pixel data")
+        return None
+    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                           "Rows", "Columns") if k not in ds]
+    if missing:
+        problems.append(f"{name}: missing {', '.join(missing)}")
+        return None
+    key = None
+    for tag in _PHASE_TAGS:
+        if tag in ds and ds[tag].value not in (None, ""):
+            key = float(ds[tag].value)
+            break
+    try:
+        pos = np.array([float(v) for v in ds.ImagePositionPatient])
+        ori = np.array([float(v) for v in ds.ImageOrientationPatient])
+        ps = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        expected = rows * cols * int(ds.BitsAllocated) // 8 * int(getattr(ds, "SamplesPerPixel", 1))
+    except Exception as e:
+        problems.append(f"{name}: malformed geometry ({_short(e)})")
+        return None
+    if pos.shape != (3,) or ori.shape != (6,) or min(ps) <= 0:
+        problems.append(f"{name}: malformed geometry attributes")
+        return None
+    try:
+        elem = ds.get_item("PixelData")
+        length = elem.length if hasattr(elem, "length") else len(elem.value)
+        ts = ds.file_meta.TransferSyntaxUID
+        if not ts.is_compressed and length not in (0xFFFFFFFF,) and length < expected:
+            problems.append(f"{name}: pixel data truncated ({length} of {expected} bytes)")
+            return None
+        if elem.value_tell is not None and not ts.is_compressed:
+            if path.stat().st_size < elem.value_tell + expected:
+                problems.append(f"{name}: file truncated inside pixel data")
+                return None
+    except AttributeError:
+        pass
+    return SliceHeader(path, ds, key if key is not None else np.nan, pos, ori, ps, rows, cols)
+
+
+def _build_index(folder: Path, headers: list[SliceHeader], problems: list[str],
+                 skipped: list[str]) -> SeriesIndex | None:
+    if any(np.isnan(h.phase_key) for h in headers):
+        if all(np.isnan(h.phase_key) for h in headers):
+            tag = "none"
+            for h in headers:
+                h.phase_key = 0.0
+        else:
+            bad = [h.path.name for h in headers if np.isnan(h.phase_key)][:3]
+            problems.append(f"no cardiac phase attribute in {', '.join(bad)}")
+            return None
+    tag = next((t for t in _PHASE_TAGS if t in headers[0].ds), "none")
+    groups: dict[float, list[SliceHeader]] = defaultdict(list)
+    for h in headers:
+        groups[round(h.phase_key, 4)].append(h)
+    keys = sorted(groups)
+    ref = headers[0]
+    row, col = ref.orientation[:3], ref.orientation[3:]
+    normal = np.cross(row, col)
+    if abs(np.linalg.norm(normal) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        problems.append(f"{ref.path.name}: ImageOrientationPatient is not two orthonormal vectors")
+        return None
+    phases: list[list[SliceHeader]] = []
+    positions: list[np.ndarray] = []
+    for key in keys:
+        sl = groups[key]
+        label = f"phase {_phase_label(tag, key)}"
+        bad_ori = [h.path.name for h in sl if not np.allclose(h.orientation, ref.orientation,
+                                                              atol=_DIR_TOL)]
+        if bad_ori:
+            problems.append(f"{label}: mixed orientation ({bad_ori[0]} differs)")
+        bad_sp = [h.path.name for h in sl if not np.allclose(h.pixel_spacing, ref.pixel_spacing,
+                                                             atol=1e-4)]
+        if bad_sp:
+            problems.append(f"{label}: mixed pixel spacing ({bad_sp[0]} differs)")
+        bad_dim = [h.path.name for h in sl if (h.rows, h.cols) != (ref.rows, ref.cols)]
+        if bad_dim:
+            problems.append(f"{label}: mixed matrix size ({bad_dim[0]} differs)")
+        sl.sort(key=lambda h: float(h.position @ normal))
+        along = np.array([h.position @ normal for h in sl])
+        steps = np.diff(along)
+        dup = np.nonzero(steps < _POS_TOL_MM)[0]
+        if len(dup):
+            problems.append(f"{label}: duplicate slice position {along[dup[0]]:.2f} mm "
+                            f"({sl[dup[0]].path.name}, {sl[dup[0] + 1].path.name})")
+        elif len(steps):
+            step = float(np.median(steps))
+            gaps = np.nonzero(np.abs(steps - step) > max(_POS_TOL_MM, 0.05 * step))[0]
+            if len(gaps):
+                g = gaps[0]
+                problems.append(f"{label}: missing slice between {along[g]:.2f} and "
+                                f"{along[g + 1]:.2f} mm (spacing {step:.3g} mm elsewhere)")
+            inplane = [np.abs((h.position - sl[0].position) @ row) + np.abs(
+                (h.position - sl[0].position) @ col) for h in sl]
+            if max(inplane) > _POS_TOL_MM * 10:
+                problems.append(f"{label}: slices are not stacked along the normal "
+                                "(shifted or tilted positions)")
+        phases.append(sl)
+        positions.append(along)
+    counts = [len(p) for p in phases]
+    if len(set(counts)) > 1:
+        common = max(set(counts), key=counts.count)
+        odd = [f"{_phase_label(tag, k)} ({c})" for k, c in zip(keys, counts, strict=True)
+               if c != common]
+        problems.append(f"phases have different slice counts: {common} expected, "
+                        f"phase {', '.join(odd[:4])}")
+    else:
+        for key, along in zip(keys[1:], positions[1:], strict=True):
+            if not np.allclose(along, positions[0], atol=_POS_TOL_MM * 10):
+                problems.append(f"phase {_phase_label(tag, key)}: slice positions differ from "
+                                f"phase {_phase_label(tag, keys[0])}")
+                break
+    expected = _expected_phases(tag, keys, headers)
+    if expected is not None and expected > len(keys):
+        problems.append(f"missing phase: {len(keys)} of {expected} phases present"
+                        f"{_missing_phase_list(tag, keys, expected)}")
+    if problems:
+        return None
+    sl0 = phases[0]
+    steps = np.diff(positions[0])
+    dz = float(np.median(steps)) if len(steps) else float(getattr(ref.ds, "SliceThickness", 1.0))
+    direction = np.stack([normal, col, row])
+    geometry = Geometry.make((len(sl0), ref.rows, ref.cols),
+                             (dz, ref.pixel_spacing[0], ref.pixel_spacing[1]),
+                             sl0[0].position, direction)
+    return SeriesIndex(folder, phases, keys, tag, geometry, skipped,
+                       str(getattr(ref.ds, "SeriesInstanceUID", "")))
+
+
+def _phase_label(tag: str, key: float) -> str:
+    if tag == "NominalPercentageOfCardiacPhase":
+        return f"{key:g}%"
+    if tag == "TriggerTime":
+        return f"{key:g} ms"
+    return f"{key:g}"
+
+
+def _expected_phases(tag: str, keys: list[float], headers: list[SliceHeader]) -> int | None:
+    n = {int(h.ds.NumberOfTemporalPositions) for h in headers
+         if "NumberOfTemporalPositions" in h.ds and h.ds.NumberOfTemporalPositions}
+    if len(n) == 1:
+        return n.pop()
+    if tag == "NominalPercentageOfCardiacPhase" and len(keys) > 2:
+        step = min(np.diff(keys))
+        return int(round(100.0 / step)) if step > 0 else None
+    if tag in ("TemporalPositionIndex", "TemporalPositionIdentifier"):
+        return int(max(keys))
+    return None
+
+
+def _missing_phase_list(tag: str, keys: list[float], expected: int) -> str:
+    if tag in ("TemporalPositionIndex", "TemporalPositionIdentifier"):
+        missing = sorted(set(range(1, expected + 1)) - {int(k) for k in keys})
+        return f" (missing {', '.join(str(m) for m in missing[:6])})"
+    return ""
+
+
+def load_series(folder: str | Path) -> tuple[np.ndarray, Geometry]:
+    """Convenience: the whole series as ``(t, z, y, x)`` float32 HU and its geometry."""
+    index = scan_series(folder)
+    return index.read_all(), index.geometry
+
+
+def today() -> str:
+    return _dt.date.today().strftime("%Y%m%d")

@@ -1,0 +1,58 @@
+"""The error hierarchy of lvtl.
+
+Every error a user can cause derives from :class:`LvtlError`. The CLI maps each class to an
+exit code and prints one line (``str(error)``), which names the file or case and the problem.
+"""
+
+from __future__ import annotations
+
+
+class LvtlError(Exception):
+    """Base class of every error lvtl raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(LvtlError):
+    """A bad option, argument or configuration value."""
+
+    exit_code = 2
+
+
+class DicomError(LvtlError):
+    """A DICOM file or series that cannot be read or is inconsistent."""
+
+    exit_code = 3
+
+
+class LabelError(LvtlError):
+    """A label file that is unreadable, has the wrong geometry or unexpected values."""
+
+    exit_code = 4
+
+
+class PreprocessError(LvtlError):
+    """A case that cannot be preprocessed."""
+
+    exit_code = 5
+
+
+class ThicknessError(LvtlError):
+    """A myocardial wall whose thickness cannot be measured; the message says why."""
+
+    exit_code = 6
+
+
+class ArtifactError(LvtlError):
+    """A model artifact that is malformed, unsigned, untrusted or tampered with."""
+
+    exit_code = 7
+
+
+class SeriesProblems(DicomError):
+    """Several problems found in one DICOM series; ``problems`` lists each as one line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
