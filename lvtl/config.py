@@ -8,9 +8,10 @@ environment (``LVTL_DATA_ROOT`` overrides ``[data] root``), never from a job.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import tomllib
 
 from lvtl.errors import ConfigError
 from lvtl.preprocess import PreprocessConfig

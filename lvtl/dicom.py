@@ -283,15 +283,37 @@ def _pixels_hu(sl: SliceHeader) -> np.ndarray:
 
 
 def _read_header(path: Path) -> Dataset | None:
-    """The dataset with pixel data deferred; None for a file that is not DICOM at all."""
+    """The dataset with pixel data deferred; None for a file that is not DICOM at all.
+
+    Raises (``EOFError`` and others) for a DICOM file that is cut short or unreadable.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
         if len(head) < 132 or head[128:132] != b"DICM":
             return None
-        return pydicom.dcmread(path, defer_size=1024)
+        ds = pydicom.dcmread(path, defer_size=1024)
     except InvalidDicomError:
         return None
+    # pydicom stops quietly at the end of a cut file; a file cut before its pixel data would
+    # otherwise pass as one without modality or pixel data (a cut inside the pixel data is
+    # reported by _check_header)
+    size = path.stat().st_size
+    for group in (ds.file_meta, ds):
+        tags = list(group.keys())
+        if not tags or tags[-1] == 0x7FE00010:
+            continue
+        elem = group.get_item(tags[-1])
+        tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
+        if tell is None or length in (None, 0xFFFFFFFF):
+            continue
+        if tell + length > size:
+            raise EOFError(f"file ends at byte {size}, inside element {tags[-1]}")
+        if group is ds and 0 < size - (tell + length) < 8:
+            raise EOFError(f"file ends at byte {size}, inside the element after {tags[-1]}")
+    if not list(ds.keys()):
+        raise EOFError("no data set after the file meta information")
+    return ds
 
 
 def scan_series(folder: str | Path) -> SeriesIndex:

@@ -103,7 +103,8 @@ class Geometry:
         """True when both describe the same voxel grid within tolerance."""
         return self.shape == other.shape and not self.differences(other, tol_mm, tol_dir)
 
-    def differences(self, other: Geometry, tol_mm: float = 1e-3, tol_dir: float = 1e-4) -> list[str]:
+    def differences(self, other: Geometry, tol_mm: float = 1e-3,
+                    tol_dir: float = 1e-4) -> list[str]:
         """Human-readable list of how ``other`` differs from this geometry."""
         out = []
         if self.shape != other.shape:

@@ -228,8 +228,8 @@ def draw_case(site: str, index: int, seed: int = 0, size: str = "small") -> Case
         a_ed=a_ed,
         b_ed=b_ed,
         base_frac=base_frac,
-        t0=rng.uniform(7.4, 8.8),
-        t_a1=rng.uniform(0.08, 0.18),
+        t0=rng.uniform(7.9, 9.0),
+        t_a1=rng.uniform(0.08, 0.16),
         t_phi1=rng.uniform(0, 2 * np.pi),
         t_a2=rng.uniform(0.0, 0.06),
         t_phi2=rng.uniform(0, 2 * np.pi),
@@ -237,7 +237,7 @@ def draw_case(site: str, index: int, seed: int = 0, size: str = "small") -> Case
         ed=ed,
         es=es,
         ef=rng.uniform(0.50, 0.70),
-        long_shortening=rng.uniform(0.10, 0.16),
+        long_shortening=rng.uniform(0.16, 0.22),
         blood_hu=rng.uniform(*prof.blood_hu),
         myo_hu=rng.uniform(*prof.myo_hu),
         rv_ratio=rng.uniform(0.65, 0.95),
@@ -501,7 +501,7 @@ class Case:
         }
 
     def render(self, phase: int, z0: int = 0, z1: int | None = None) -> np.ndarray:
-        """HU image ``(z, y, x)`` float32 of slices ``z0:z1`` at ``phase``, blur and noise included."""
+        """HU image ``(z, y, x)`` float32 of slices ``z0:z1`` at ``phase``, blurred and noisy."""
         g = self.geometry
         z1 = g.shape[0] if z1 is None else z1
         sig_z = self.profile.slice_blur_mm / g.spacing[0]
@@ -570,7 +570,8 @@ class Case:
         paint(_ellipsoid_sdf(pts, lay["rv_c"], frame, rv_r + 3.0), p.myo_hu * 0.95)
         paint(_ellipsoid_sdf(pts, lay["rv_c"], frame, rv_r), p.blood_hu * p.rv_ratio)
         d_plane = _dot(pts, lay["base_c"], self.axis)
-        d_la = _ellipsoid_sdf(pts, lay["la_c"], frame, np.array([22.0, 28.0, 24.0]) * (1 + 0.15 * f))
+        la_r = np.array([22.0, 28.0, 24.0]) * (1 + 0.15 * f)
+        d_la = _ellipsoid_sdf(pts, lay["la_c"], frame, la_r)
         paint(np.maximum(d_la - 2.0, -d_plane), p.myo_hu * 0.9)
         paint(np.maximum(d_la, -d_plane - 1.5), p.blood_hu)
         d_aorta = _capsule_sdf(pts, lay["valve"], lay["aorta_top"], 13.0)

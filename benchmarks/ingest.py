@@ -1,0 +1,461 @@
+"""Ingest benchmark: DICOM series to a 1 mm 4D volume, lvtl against MONAI and a plain read.
+
+One paper-size case (site-2 case 0, seed 0: 20 phases of 512 x 512 pixels, 221 slices, 4420
+files, about 2.3 GB) is generated once into ``--workdir`` (default ``bench-run/``) and reused.
+Three methods are then timed, each in a fresh child process (this script run again with
+``--method``), so that each one's peak resident memory is its own:
+
+``lvtl``
+    ``lvtl.preprocess.preprocess_case(case, out, PreprocessConfig(), force=True)``: header scan
+    and checks, phase-by-phase read, resampling to the canonical 1 mm grid, label repair and
+    resampling of the labelled phases, and the int16 cache written to disk.
+``monai``
+    Per phase: ``LoadImage(reader="PydicomReader", image_only=True)``, ``EnsureChannelFirst()``,
+    ``Spacing(pixdim=(1.0, 1.0, 1.0))`` (MONAI defaults otherwise), rounded to int16 into a 4D
+    ``.npy`` memmap on disk like lvtl's cache. The files are first grouped by phase with a
+    header-only read of ``TemporalPositionIndex`` (timed separately, reported as "grouping");
+    each phase's files are handed to MONAI as a folder of symbolic links to them (made outside
+    the timed region), because given a flat list of files ``PydicomReader`` stacks them as the
+    channels of a 2D image and drops the slice geometry, while a folder is read as a 3D series.
+``plain``
+    ``pydicom.dcmread(f).pixel_array`` for every file, nothing kept: the floor set by pydicom.
+
+Before the three, the plain read runs once as a warm-up so every method reads from a warm file
+cache. Each child reports its wall time, its RSS right after its imports (``baseline``) and its
+peak RSS (``ru_maxrss`` of itself at the end). Afterwards lvtl runs once more under cProfile
+(not timed; ``--no-profile`` skips it) to show where its time goes.
+
+Run: ``.venv/bin/python benchmarks/ingest.py [--workdir DIR] [--slices N] [--keep]``. A full run
+writes ``benchmarks/results/ingest.json``; a ``--slices N`` run (a smaller case with N slices per
+phase) writes ``benchmarks/results/ingest-slicesN.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SITE, INDEX, SEED, SIZE = "site-2", 0, 0, "paper"
+MIB = 1024.0 * 1024.0
+
+
+# --------------------------------------------------------------------------- memory helpers
+def _rss_now_mib() -> float:
+    """Current resident set size of this process (MiB), from /proc."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / MIB
+    return float("nan")
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB); ru_maxrss is in KiB on Linux."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
+
+
+# --------------------------------------------------------------------------- the case
+def case_params(slices: int | None):
+    """Parameters of the benchmark case; with ``slices``, a shorter variant of it."""
+    import dataclasses
+
+    from lvtl.phantom import draw_case
+
+    params = draw_case(SITE, INDEX, seed=SEED, size=SIZE)
+    if slices is not None:
+        params = dataclasses.replace(params, slices=int(slices),
+                                     case_id=f"{params.case_id}-s{int(slices)}")
+    return params
+
+
+def ensure_case(workdir: Path, slices: int | None) -> tuple[Path, float | None]:
+    """The case folder under ``workdir``, generated if missing; and the seconds that took."""
+    from lvtl.phantom import write_case
+
+    params = case_params(slices)
+    final = workdir / params.case_id
+    if (final / "dicom").is_dir():
+        return final, None
+    print(f"generating {params.case_id} ({params.slices} slices x 20 phases of "
+          f"{params.rows} x {params.cols}) into {workdir} ...", flush=True)
+    t0 = time.perf_counter()
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_case(params, workdir)
+    secs = time.perf_counter() - t0
+    print(f"generated in {secs:.0f} s", flush=True)
+    return final, secs
+
+
+def dicom_files(case_dir: Path) -> list[Path]:
+    folder = case_dir / "dicom"
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------- child methods
+def child_plain(case_dir: Path, out_dir: Path) -> dict:
+    import pydicom
+
+    files = dicom_files(case_dir)
+    baseline = _rss_now_mib()
+    t0 = time.perf_counter()
+    nbytes = 0
+    for f in files:
+        nbytes += pydicom.dcmread(f).pixel_array.nbytes
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "baseline_rss_mib": baseline, "files": len(files),
+            "pixel_bytes": nbytes}
+
+
+def child_lvtl(case_dir: Path, out_dir: Path, profile: Path | None = None) -> dict:
+    import numpy as np
+
+    from lvtl.preprocess import PreprocessConfig, load_cached, preprocess_case
+
+    baseline = _rss_now_mib()
+    config = PreprocessConfig()
+    t0 = time.perf_counter()
+    if profile is None:
+        res = preprocess_case(case_dir, out_dir, config, force=True)
+    else:
+        import cProfile
+
+        prof = cProfile.Profile()
+        res = prof.runcall(preprocess_case, case_dir, out_dir, config, force=True)
+        prof.dump_stats(profile)
+    secs = time.perf_counter() - t0
+    peak = _peak_rss_mib()
+    cache = load_cached(res.cache)
+    return {"seconds": secs, "baseline_rss_mib": baseline, "peak_rss_mib": peak,
+            "status": res.status, "output_shape": list(cache.image.shape),
+            "output_dtype": str(cache.image.dtype),
+            "output_bytes": int(cache.image.nbytes + cache.label.nbytes),
+            "labelled_phases": res.labelled, "hu_range": cache.meta["hu_range"],
+            "output_mean_hu": float(np.mean(cache.image[0], dtype=np.float64))}
+
+
+def group_by_phase(files: list[Path]) -> dict[int, list[Path]]:
+    """Files grouped by TemporalPositionIndex (header-only reads), in file-name order."""
+    import pydicom
+
+    groups: dict[int, list[Path]] = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["TemporalPositionIndex"])
+        groups.setdefault(int(ds.TemporalPositionIndex), []).append(f)
+    return dict(sorted(groups.items()))
+
+
+def child_monai(case_dir: Path, out_dir: Path) -> dict:
+    import numpy as np
+    import torch
+    from monai.transforms import EnsureChannelFirst, LoadImage, Spacing
+
+    load = LoadImage(reader="PydicomReader", image_only=True)
+    channel_first = EnsureChannelFirst()
+    spacing = Spacing(pixdim=(1.0, 1.0, 1.0))
+    files = dicom_files(case_dir)
+    baseline = _rss_now_mib()
+
+    t0 = time.perf_counter()
+    groups = group_by_phase(files)
+    grouping = time.perf_counter() - t0
+
+    # Untimed: a folder of symbolic links per phase, the form PydicomReader reads as a series.
+    link_root = out_dir / "phases"
+    phase_dirs = []
+    for t, (_, members) in enumerate(groups.items()):
+        d = link_root / f"phase_{t:02d}"
+        d.mkdir(parents=True)
+        for f in members:
+            (d / f.name).symlink_to(f.resolve())
+        phase_dirs.append(d)
+
+    t_load = t_space = t_store = 0.0
+    out = None
+    t1 = time.perf_counter()
+    for t, d in enumerate(phase_dirs):
+        a = time.perf_counter()
+        img = channel_first(load(str(d)))
+        b = time.perf_counter()
+        res = spacing(img)
+        c = time.perf_counter()
+        arr = res.numpy()[0]
+        if out is None:
+            out = np.lib.format.open_memmap(out_dir / "image.npy", "w+", np.int16,
+                                            (len(phase_dirs), *arr.shape))
+            in_shape, in_dtype, out_dtype = list(img.shape), str(img.dtype), str(res.dtype)
+        out[t] = np.clip(np.rint(arr), -32768, 32767).astype(np.int16)
+        del img, res, arr
+        t_load += b - a
+        t_space += c - b
+        t_store += time.perf_counter() - c
+    out.flush()
+    secs = time.perf_counter() - t1
+    peak = _peak_rss_mib()
+    return {"seconds": secs, "grouping_seconds": grouping, "baseline_rss_mib": baseline,
+            "peak_rss_mib": peak, "load_seconds": t_load, "spacing_seconds": t_space,
+            "store_seconds": t_store, "phases": len(phase_dirs),
+            "input_shape_per_phase": in_shape, "input_dtype": in_dtype,
+            "spacing_output_dtype": out_dtype, "output_shape": list(out.shape),
+            "output_bytes": int(out.nbytes), "torch_threads": torch.get_num_threads(),
+            "output_mean_hu": float(np.mean(out[0], dtype=np.float64))}
+
+
+def run_child_method(args: argparse.Namespace) -> None:
+    case_dir, out_dir = Path(args.case), Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.method == "plain":
+        res = child_plain(case_dir, out_dir)
+    elif args.method == "lvtl":
+        res = child_lvtl(case_dir, out_dir, Path(args.profile_to) if args.profile_to else None)
+    else:
+        res = child_monai(case_dir, out_dir)
+    res.setdefault("peak_rss_mib", _peak_rss_mib())
+    res["method"] = args.method
+    res["pid"] = os.getpid()
+    Path(args.result).write_text(json.dumps(res, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- parent
+def spawn(method: str, case_dir: Path, scratch: Path, *, profile_to: Path | None = None,
+          keep: bool = False) -> dict:
+    """Run one method in a fresh interpreter; its result dict."""
+    out_dir = scratch / f"out-{method}{'-profile' if profile_to else ''}"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    result = scratch / f"result-{method}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--method", method,
+           "--case", str(case_dir), "--out", str(out_dir), "--result", str(result)]
+    if profile_to is not None:
+        cmd += ["--profile-to", str(profile_to)]
+    print(f"  {method}{' (cProfile)' if profile_to else ''} ...", end=" ", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    res = json.loads(result.read_text())
+    res["child_wall_seconds"] = time.perf_counter() - t0
+    result.unlink()
+    print(f"{res['seconds']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
+    if not keep:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return res
+
+
+LVTL_STEPS = [  # (label, file name suffix, function name) of lvtl steps to break down
+    ("scan_series: header read + checks", "lvtl/dicom.py", "scan_series"),
+    ("  _read_header (pydicom.dcmread, deferred pixels)", "lvtl/dicom.py", "_read_header"),
+    ("  _check_header", "lvtl/dicom.py", "_check_header"),
+    ("  _build_index", "lvtl/dicom.py", "_build_index"),
+    ("read_phase: pixels to float32 HU (20 phases)", "lvtl/dicom.py", "read_phase"),
+    ("resample (images, 20 phases)", "lvtl/preprocess.py", "resample"),
+    ("load_labels (NIfTI read + checks)", "lvtl/preprocess.py", "load_labels"),
+    ("repair_labels", "lvtl/preprocess.py", "repair_labels"),
+    ("resample_labels", "lvtl/preprocess.py", "resample_labels"),
+    ("_fingerprint (stat of every file)", "lvtl/preprocess.py", "_fingerprint"),
+]
+
+
+def summarise_profile(path: Path, top: int = 15) -> dict:
+    import pstats
+
+    st = pstats.Stats(str(path))
+    stats = st.stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
+    total = max(v[3] for v in stats.values())
+
+    def name(key) -> str:
+        file, line, func = key
+        if file == "~":
+            return func
+        parts = Path(file).parts
+        short = "/".join(parts[-2:]) if "site-packages" not in parts else "/".join(
+            parts[parts.index("site-packages") + 1:])
+        return f"{short}:{line}({func})"
+
+    def rows(idx: int) -> list[dict]:
+        keys = sorted(stats, key=lambda k: stats[k][idx], reverse=True)[:top]
+        return [{"function": name(k), "calls": stats[k][1], "tottime": round(stats[k][2], 3),
+                 "cumtime": round(stats[k][3], 3)} for k in keys]
+
+    steps = []
+    for label, suffix, func in LVTL_STEPS:
+        hits = [v for k, v in stats.items() if k[0].endswith(suffix) and k[2] == func]
+        if hits:
+            steps.append({"step": label, "calls": sum(h[1] for h in hits),
+                          "cumtime": round(sum(h[3] for h in hits), 3)})
+    return {"total_seconds": round(total, 3), "steps": steps, "by_tottime": rows(2),
+            "by_cumtime": rows(3)}
+
+
+def markdown(results: dict) -> str:
+    r = results["runs"]
+    lv, mo, pl = r["lvtl"], r["monai"], r["plain"]
+    case = results["case"]
+    lines = [
+        f"### Ingest benchmark: {case['case_id']} ({case['phases']} phases x {case['slices']} "
+        f"slices of {case['rows']} x {case['cols']}, {case['files']} files, "
+        f"{case['bytes'] / 1e9:.2f} GB)",
+        "",
+        f"Each method ran once in a fresh child process, after a warm-up plain read "
+        f"({r['warmup']['seconds']:.1f} s), so all three read from a warm file cache. "
+        f"Host: {results['host']['cpus']} CPUs, Python {results['host']['python']}.",
+        "",
+        "| Method | Time (s) | Peak RSS (MiB) | RSS after imports (MiB) | "
+        "Peak - after imports (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+
+    def row(label: str, res: dict, secs: float | None = None) -> str:
+        s = res["seconds"] if secs is None else secs
+        return (f"| {label} | {s:.1f} | {res['peak_rss_mib']:.0f} | "
+                f"{res['baseline_rss_mib']:.0f} | "
+                f"{res['peak_rss_mib'] - res['baseline_rss_mib']:.0f} |")
+
+    mo_total = mo["seconds"] + mo["grouping_seconds"]
+    lines += [
+        row("lvtl `preprocess_case` (DICOM to cached 1 mm 4D pair)", lv),
+        row("MONAI `LoadImage(PydicomReader)` + `Spacing(1 mm)`, per phase", mo),
+        row("MONAI incl. grouping files by TemporalPositionIndex", mo, mo_total),
+        f"| plain read: `pydicom.dcmread(f).pixel_array`, every file | {pl['seconds']:.1f} | "
+        f"{pl['peak_rss_mib']:.0f} | {pl['baseline_rss_mib']:.0f} | "
+        f"{pl['peak_rss_mib'] - pl['baseline_rss_mib']:.0f} |",
+        "",
+        "| Ratio | Value |",
+        "|---|---:|",
+        f"| MONAI / lvtl time (grouping excluded) | {mo['seconds'] / lv['seconds']:.2f} |",
+        f"| MONAI / lvtl time (grouping included) | {mo_total / lv['seconds']:.2f} |",
+        f"| lvtl / plain-read time | {lv['seconds'] / pl['seconds']:.2f} |",
+        f"| MONAI / plain-read time (grouping excluded) | {mo['seconds'] / pl['seconds']:.2f} |",
+        f"| MONAI / lvtl peak RSS above imports | "
+        f"{(mo['peak_rss_mib'] - mo['baseline_rss_mib']) / (lv['peak_rss_mib'] - lv['baseline_rss_mib']):.2f} |",  # noqa: E501
+        "",
+        f"MONAI split: grouping {mo['grouping_seconds']:.1f} s (header-only reads, timed "
+        f"separately), LoadImage {mo['load_seconds']:.1f} s, Spacing {mo['spacing_seconds']:.1f} s "
+        f"(computed in {mo['spacing_output_dtype']}, {mo['torch_threads']} torch threads), "
+        f"int16 store {mo['store_seconds']:.1f} s; per-phase input {mo['input_shape_per_phase']}, "
+        f"output {mo['output_shape']}. lvtl output {lv['output_shape']} int16 "
+        f"(plus uint8 labels; labelled phases {lv['labelled_phases']}).",
+    ]
+    prof = results.get("profile")
+    if prof:
+        lines += [
+            "",
+            f"#### Where lvtl's time goes (cProfile, separate run: {prof['total_seconds']:.1f} s "
+            f"under the profiler)",
+            "",
+            "| Step | Calls | Cumulative (s) | Share |",
+            "|---|---:|---:|---:|",
+        ]
+        for s in prof["steps"]:
+            lines.append(f"| {s['step']} | {s['calls']} | {s['cumtime']:.1f} | "
+                         f"{100 * s['cumtime'] / prof['total_seconds']:.0f}% |")
+        lines += ["", "Top functions by own time:", "",
+                  "| Function | Calls | Own (s) | Cumulative (s) |", "|---|---:|---:|---:|"]
+        for f in prof["by_tottime"]:
+            lines.append(f"| `{f['function']}` | {f['calls']} | {f['tottime']:.1f} | "
+                         f"{f['cumtime']:.1f} |")
+    return "\n".join(lines)
+
+
+def parent(args: argparse.Namespace) -> None:
+    workdir = (Path(args.workdir) if args.workdir else REPO / "bench-run").resolve()
+    case_dir, gen_secs = ensure_case(workdir, args.slices)
+    params = case_params(args.slices)
+    files = dicom_files(case_dir)
+    nbytes = sum(f.stat().st_size for f in files)
+    scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=workdir))
+    print(f"case {case_dir} ({len(files)} files, {nbytes / 1e9:.2f} GB); scratch {scratch}",
+          flush=True)
+    runs = {}
+    try:
+        print("warm-up (plain read, fills the file cache):", flush=True)
+        runs["warmup"] = spawn("plain", case_dir, scratch)
+        print("timed runs:", flush=True)
+        for method in ("lvtl", "monai", "plain"):
+            runs[method] = spawn(method, case_dir, scratch, keep=args.keep)
+        profile = None
+        if not args.no_profile:
+            print("profile:", flush=True)
+            pfile = scratch / "lvtl.prof"
+            runs["lvtl_profiled"] = spawn("lvtl", case_dir, scratch, profile_to=pfile)
+            profile = summarise_profile(pfile)
+            if args.keep:
+                shutil.copy(pfile, workdir / f"{params.case_id}-lvtl.prof")
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    import monai
+    import numpy
+    import pydicom
+    import torch
+
+    results = {
+        "benchmark": "ingest",
+        "command": " ".join([".venv/bin/python", "benchmarks/ingest.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "case": {"case_id": params.case_id, "site": SITE, "seed": SEED, "size": SIZE,
+                 "phases": 20, "slices": params.slices, "rows": params.rows,
+                 "cols": params.cols, "pixel_mm": params.pixel_mm,
+                 "slice_mm": params.slice_mm, "files": len(files), "bytes": nbytes,
+                 "path": str(case_dir), "generated_seconds": gen_secs},
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                 "platform": platform.platform(), "numpy": numpy.__version__,
+                 "pydicom": pydicom.__version__, "monai": monai.__version__,
+                 "torch": torch.__version__},
+        "notes": [
+            "each method in a fresh child process (subprocess of this script); peak RSS is the "
+            "child's own ru_maxrss at the end, baseline its VmRSS right after its imports",
+            "a warm-up plain read ran first, so every method read from a warm file cache",
+            "MONAI: files grouped by TemporalPositionIndex with header-only reads (timed "
+            "separately as grouping_seconds); each phase given to LoadImage as a folder of "
+            "symlinks (untimed), since a flat file list is stacked as channels of a 2D image",
+            "MONAI output rounded to int16 into a 4D .npy memmap on disk, like lvtl's cache",
+            "lvtl additionally repairs and resamples the labels of its labelled phases",
+        ],
+        "runs": runs,
+        "profile": profile,
+    }
+    md = markdown(results)
+    print()
+    print(md)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "ingest.json" if args.slices is None else f"ingest-slices{args.slices}.json"
+    out = Path(args.json) if args.json else RESULTS / name
+    results["markdown"] = md
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults written to {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", help="where the case is generated and reused "
+                    "(default: bench-run/ in the repository)")
+    ap.add_argument("--slices", type=int, help="a smaller case with this many slices per phase")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the outputs (lvtl cache, MONAI volume, profile) in the workdir")
+    ap.add_argument("--no-profile", action="store_true", help="skip the cProfile run of lvtl")
+    ap.add_argument("--json", help="where to write the results (default: benchmarks/results/)")
+    ap.add_argument("--method", choices=("lvtl", "monai", "plain"), help=argparse.SUPPRESS)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-to", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.slices is not None and args.slices < 2:
+        ap.error("--slices must be at least 2")
+    if args.method:
+        run_child_method(args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()
