@@ -22,8 +22,9 @@ Three methods are then timed, each in a fresh child process (this script run aga
 
 Before the three, the plain read runs once as a warm-up so every method reads from a warm file
 cache. Each child reports its wall time, its RSS right after its imports (``baseline``) and its
-peak RSS (``ru_maxrss`` of itself at the end). Afterwards lvtl runs once more under cProfile
-(not timed; ``--no-profile`` skips it) to show where its time goes.
+peak RSS (``VmHWM`` of itself at the end; ``ru_maxrss`` is recorded too but is not used, since on
+Linux it carries the parent's high-water mark across fork and exec). Afterwards lvtl runs once
+more under cProfile (not timed; ``--no-profile`` skips it) to show where its time goes.
 
 Run: ``.venv/bin/python benchmarks/ingest.py [--workdir DIR] [--slices N] [--keep]``. A full run
 writes ``benchmarks/results/ingest.json``; a ``--slices N`` run (a smaller case with N slices per
@@ -51,17 +52,30 @@ MIB = 1024.0 * 1024.0
 
 
 # --------------------------------------------------------------------------- memory helpers
-def _rss_now_mib() -> float:
-    """Current resident set size of this process (MiB), from /proc."""
+def _proc_status_mib(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024 / MIB
     return float("nan")
 
 
+def _rss_now_mib() -> float:
+    """Current resident set size of this process (MiB): VmRSS."""
+    return _proc_status_mib("VmRSS")
+
+
 def _peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (MiB); ru_maxrss is in KiB on Linux."""
+    """Peak resident set size of this process image (MiB): VmHWM.
+
+    Not ``ru_maxrss``: on Linux that survives fork and exec, so a child started by a large
+    parent reports at least the parent's RSS. VmHWM belongs to the address space made by exec.
+    """
+    return _proc_status_mib("VmHWM")
+
+
+def _ru_maxrss_mib() -> float:
+    """``getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux) in MiB, kept for reference."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB
 
 
@@ -80,9 +94,10 @@ def case_params(slices: int | None):
 
 
 def ensure_case(workdir: Path, slices: int | None) -> tuple[Path, float | None]:
-    """The case folder under ``workdir``, generated if missing; and the seconds that took."""
-    from lvtl.phantom import write_case
+    """The case folder under ``workdir``, generated if missing; and the seconds that took.
 
+    Generation runs in a child process so that this (parent) process stays small.
+    """
     params = case_params(slices)
     final = workdir / params.case_id
     if (final / "dicom").is_dir():
@@ -91,7 +106,11 @@ def ensure_case(workdir: Path, slices: int | None) -> tuple[Path, float | None]:
           f"{params.rows} x {params.cols}) into {workdir} ...", flush=True)
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    write_case(params, workdir)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--method", "generate",
+           "--out", str(workdir)]
+    if slices is not None:
+        cmd += ["--slices", str(slices)]
+    subprocess.run(cmd, check=True, cwd=REPO)
     secs = time.perf_counter() - t0
     print(f"generated in {secs:.0f} s", flush=True)
     return final, secs
@@ -212,6 +231,11 @@ def child_monai(case_dir: Path, out_dir: Path) -> dict:
 
 
 def run_child_method(args: argparse.Namespace) -> None:
+    if args.method == "generate":
+        from lvtl.phantom import write_case
+
+        write_case(case_params(args.slices), Path(args.out))
+        return
     case_dir, out_dir = Path(args.case), Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.method == "plain":
@@ -221,6 +245,7 @@ def run_child_method(args: argparse.Namespace) -> None:
     else:
         res = child_monai(case_dir, out_dir)
     res.setdefault("peak_rss_mib", _peak_rss_mib())
+    res["ru_maxrss_mib"] = _ru_maxrss_mib()
     res["method"] = args.method
     res["pid"] = os.getpid()
     Path(args.result).write_text(json.dumps(res, indent=2) + "\n")
@@ -280,10 +305,15 @@ def summarise_profile(path: Path, top: int = 15) -> dict:
             parts[parts.index("site-packages") + 1:])
         return f"{short}:{line}({func})"
 
+    def callers(k) -> list[dict]:
+        """The two callers that spent most of ``k``'s own time."""
+        cs = sorted(stats[k][4].items(), key=lambda kv: kv[1][2], reverse=True)[:2]
+        return [{"caller": name(c), "calls": v[1], "tottime": round(v[2], 3)} for c, v in cs]
+
     def rows(idx: int) -> list[dict]:
         keys = sorted(stats, key=lambda k: stats[k][idx], reverse=True)[:top]
         return [{"function": name(k), "calls": stats[k][1], "tottime": round(stats[k][2], 3),
-                 "cumtime": round(stats[k][3], 3)} for k in keys]
+                 "cumtime": round(stats[k][3], 3), "callers": callers(k)} for k in keys]
 
     steps = []
     for label, suffix, func in LVTL_STEPS:
@@ -339,7 +369,7 @@ def markdown(results: dict) -> str:
         "",
         f"MONAI split: grouping {mo['grouping_seconds']:.1f} s (header-only reads, timed "
         f"separately), LoadImage {mo['load_seconds']:.1f} s, Spacing {mo['spacing_seconds']:.1f} s "
-        f"(computed in {mo['spacing_output_dtype']}, {mo['torch_threads']} torch threads), "
+        f"(output {mo['spacing_output_dtype']}, {mo['torch_threads']} torch threads), "
         f"int16 store {mo['store_seconds']:.1f} s; per-phase input {mo['input_shape_per_phase']}, "
         f"output {mo['output_shape']}. lvtl output {lv['output_shape']} int16 "
         f"(plus uint8 labels; labelled phases {lv['labelled_phases']}).",
@@ -358,10 +388,12 @@ def markdown(results: dict) -> str:
             lines.append(f"| {s['step']} | {s['calls']} | {s['cumtime']:.1f} | "
                          f"{100 * s['cumtime'] / prof['total_seconds']:.0f}% |")
         lines += ["", "Top functions by own time:", "",
-                  "| Function | Calls | Own (s) | Cumulative (s) |", "|---|---:|---:|---:|"]
+                  "| Function | Calls | Own (s) | Cumulative (s) | Main callers (own s) |",
+                  "|---|---:|---:|---:|---|"]
         for f in prof["by_tottime"]:
+            via = "; ".join(f"`{c['caller']}` ({c['tottime']:.1f})" for c in f["callers"])
             lines.append(f"| `{f['function']}` | {f['calls']} | {f['tottime']:.1f} | "
-                         f"{f['cumtime']:.1f} |")
+                         f"{f['cumtime']:.1f} | {via} |")
     return "\n".join(lines)
 
 
@@ -374,6 +406,8 @@ def parent(args: argparse.Namespace) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=workdir))
     print(f"case {case_dir} ({len(files)} files, {nbytes / 1e9:.2f} GB); scratch {scratch}",
           flush=True)
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before}", flush=True)
     runs = {}
     try:
         print("warm-up (plain read, fills the file cache):", flush=True)
@@ -392,10 +426,7 @@ def parent(args: argparse.Namespace) -> None:
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    import monai
-    import numpy
-    import pydicom
-    import torch
+    from importlib.metadata import version
 
     results = {
         "benchmark": "ingest",
@@ -407,12 +438,13 @@ def parent(args: argparse.Namespace) -> None:
                  "slice_mm": params.slice_mm, "files": len(files), "bytes": nbytes,
                  "path": str(case_dir), "generated_seconds": gen_secs},
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                 "platform": platform.platform(), "numpy": numpy.__version__,
-                 "pydicom": pydicom.__version__, "monai": monai.__version__,
-                 "torch": torch.__version__},
+                 "platform": platform.platform(), "load_average_before": load_before,
+                 **{k: version(k) for k in ("numpy", "scipy", "pydicom", "monai", "torch")}},
         "notes": [
             "each method in a fresh child process (subprocess of this script); peak RSS is the "
-            "child's own ru_maxrss at the end, baseline its VmRSS right after its imports",
+            "child's own VmHWM at the end (ru_maxrss is not used: on Linux it inherits the "
+            "parent's high-water mark across fork+exec), baseline its VmRSS right after its "
+            "imports",
             "a warm-up plain read ran first, so every method read from a warm file cache",
             "MONAI: files grouped by TemporalPositionIndex with header-only reads (timed "
             "separately as grouping_seconds); each phase given to LoadImage as a folder of "
@@ -443,7 +475,8 @@ def main() -> None:
                     help="keep the outputs (lvtl cache, MONAI volume, profile) in the workdir")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile run of lvtl")
     ap.add_argument("--json", help="where to write the results (default: benchmarks/results/)")
-    ap.add_argument("--method", choices=("lvtl", "monai", "plain"), help=argparse.SUPPRESS)
+    ap.add_argument("--method", choices=("lvtl", "monai", "plain", "generate"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

@@ -73,11 +73,15 @@ def write_phase(
 ) -> list[Path]:
     """Write one phase ``(z, y, x)`` of HU values as CT Image Storage files, one per slice.
 
-    Pixels are stored as int16 ``round(HU) - intercept``. Returns the paths written. Each file
+    Pixels are stored as int16 ``round(HU) - intercept``, so reading applies the rescale and
+    gets ``round(HU)`` back exactly. Returns the paths written. Each file
     is written to a temporary name and renamed, so no half-written file is ever visible.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    stored = np.rint(hu - info.rescale_intercept)
+    if info.rescale_intercept != int(info.rescale_intercept):
+        raise DicomError(f"{folder}: rescale intercept must be a whole number of HU")
+    # round in HU first, so what is read back is exactly round(HU)
+    stored = np.rint(hu).astype(np.int32) - int(info.rescale_intercept)
     if stored.min() < -32768 or stored.max() > 32767:
         raise DicomError(f"{folder}: HU values out of int16 range after rescale")
     stored = stored.astype("<i2")
