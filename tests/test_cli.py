@@ -1,0 +1,97 @@
+"""The real ``lvtl`` console script, run as a user would."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LVTL = [str(Path(sys.executable).parent / "lvtl")]
+if not Path(LVTL[0]).exists():  # pragma: no cover - an environment without the script
+    LVTL = [sys.executable, "-m", "lvtl.cli"]
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run(LVTL + [str(a) for a in args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+
+
+@pytest.mark.parametrize("cmd", ["phantom", "inspect", "preprocess", "demo"])
+def test_help_for_each_command(cmd):
+    r = run(cmd, "--help")
+    assert r.returncode == 0 and "Usage: lvtl " + cmd in r.stdout
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("lvtl ")
+
+
+def test_inspect_json_contract(site2_case):
+    r = run("inspect", site2_case, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["phases"] == 20
+    assert info["shape"][0] == 20 and len(info["shape"]) == 4
+    assert len(info["spacing"]) == 3 and info["spacing"][0] == 2.0
+    assert info["orientation"]["axes"] == "IPR"
+    assert info["labelled_phases"] and info["problems"] == []
+    lo, hi = info["hu_range"]
+    assert lo < -800 and 300 < hi < 800
+
+
+def test_inspect_text_and_dicom_folder(site1_case):
+    r = run("inspect", site1_case / "dicom")
+    assert r.returncode == 0
+    for word in ("phases       20", "spacing", "orientation  SPL", "HU range"):
+        assert word in r.stdout
+
+
+def test_phantom_then_preprocess_with_site_config(tmp_path):
+    r = run("phantom", "--site", "site-2", "--cases", "1", "--seed", "3", "--out", tmp_path / "d")
+    assert r.returncode == 0, r.stderr
+    assert "1 site-2 cases" in r.stdout
+    assert (tmp_path / "d" / "site-2-000" / "dicom").is_dir()
+    cfg = tmp_path / "site.toml"
+    cfg.write_text('[site]\nname = "site-2"\n[data]\nroot = "d"\ncache = "c"\n'
+                   '[preprocess]\nrepair_radius = 4\n')
+    r = run("preprocess", "--config", cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["counts"] == {"written": 1, "cached": 0, "failed": 0}
+    meta = json.loads((tmp_path / "c" / "site-2-000" / "meta.json").read_text())
+    assert meta["config"]["repair_radius"] == 4
+    r = run("preprocess", "--config", cfg, "--repair-radius", "4")
+    assert "0 written, 1 cached" in r.stdout
+    # the environment names the data root instead of the file
+    shutil.move(tmp_path / "d", tmp_path / "elsewhere")
+    r = run("preprocess", "--config", cfg, "--out", tmp_path / "c2",
+            env={"LVTL_DATA_ROOT": str(tmp_path / "elsewhere")})
+    assert r.returncode == 0 and "1 written" in r.stdout
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["phantom", "--site", "site-7", "--out", "x"], 2, ["site-7", "site-1, site-2"]),
+    (["phantom", "--site", "site-1", "--out", "x", "--size", "big"], 2, ["--size"]),
+    (["phantom", "--site", "site-1", "--out", "x", "--cases", "0"], 2, ["at least 1"]),
+    (["inspect", "/no/such/folder"], 3, ["/no/such/folder", "not a folder"]),
+    (["preprocess", "/no/such/folder", "--out", "x"], 2, ["/no/such/folder"]),
+    (["preprocess", "--config", "/no/such.toml"], 2, ["/no/such.toml"]),
+    (["preprocess", "."], 2, ["--out"]),
+])
+def test_errors_are_one_clear_line(tmp_path, args, code, words):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in r.stderr
+    if code != 2 or "--size" not in words:
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = run("--debug", "phantom", "--site", "site-7", "--out", tmp_path)
+    assert r.returncode != 0 and "Traceback" in r.stderr
