@@ -91,6 +91,14 @@ class Geometry:
         sx, sy, sz = (int(v) for v in shape_xyz[:3])
         return cls.make((sz, sy, sx), spacing, lps[:3, 3], direction)
 
+    def crop(self, box: Sequence[slice]) -> Geometry:
+        """Geometry of the sub-array ``array[box]`` (three slices with unit step)."""
+        start = [b.indices(n)[0] for b, n in zip(box, self.shape, strict=True)]
+        stop = [b.indices(n)[1] for b, n in zip(box, self.shape, strict=True)]
+        origin = self.index_to_lps() @ np.array([*start, 1.0])
+        return Geometry.make([e - s for s, e in zip(start, stop, strict=True)], self.spacing,
+                             origin[:3], self.direction)
+
     def corners_lps(self) -> np.ndarray:
         """LPS positions (8, 3) of the centres of the eight corner voxels."""
         idx = np.array(

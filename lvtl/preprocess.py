@@ -300,13 +300,12 @@ def find_cases(root: str | Path) -> list[Path]:
     return cases
 
 
-def load_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig
-                ) -> dict[int, np.ndarray]:
-    """Checked label maps (0/1/2, image geometry) of the labelled phases of a case."""
+def iter_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig):
+    """Yield ``(phase, labels)`` for each label file of a case, checked and relabelled to
+    0/1/2 on the image geometry, one at a time."""
     folder = case_dir / "labels"
     if not folder.is_dir():
-        return {}
-    out: dict[int, np.ndarray] = {}
+        return
     for path in sorted(folder.iterdir()):
         m = LABEL_FILE.match(path.name)
         if not m:
@@ -332,8 +331,56 @@ def load_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig
         if missing:
             raise LabelError(f"{name}: empty label, no {' and no '.join(missing)} "
                              f"in a labelled phase")
-        out[phase] = lab
-    return out
+        yield phase, lab
+
+
+def load_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig
+                ) -> dict[int, np.ndarray]:
+    """Checked label maps (0/1/2, image geometry) of the labelled phases of a case."""
+    return dict(iter_labels(case_dir, index, config))
+
+
+def _label_box(lab: np.ndarray, config: PreprocessConfig) -> tuple[slice, ...]:
+    """The labels' bounding box with room for the repair's closing."""
+    r = config.repair_radius + 2
+    margin = (r if config.repair_mode == "3d" else 2, r, r)
+    nz = [np.flatnonzero(lab.any(axis=tuple(j for j in range(3) if j != a))) for a in range(3)]
+    return tuple(slice(max(int(i[0]) - m, 0), min(int(i[-1]) + m + 1, n))
+                 for i, m, n in zip(nz, margin, lab.shape, strict=True))
+
+
+def _dst_box(sub: Geometry, dst: Geometry) -> tuple[slice, ...]:
+    """The part of ``dst`` that the source box ``sub`` covers."""
+    idx = (dst.lps_to_index() @ np.c_[sub.corners_lps(), np.ones(8)].T)[:3]
+    lo = np.maximum(np.floor(idx.min(axis=1) - 1).astype(int), 0)
+    hi = np.minimum(np.ceil(idx.max(axis=1) + 1).astype(int) + 1, dst.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+class _NpyWriter:
+    """Writes a ``.npy`` file one leading-axis slice at a time (flat memory, no memmap)."""
+
+    def __init__(self, path: Path, dtype, shape: tuple[int, ...]):
+        self.path, self.dtype, self.shape, self.count = path, np.dtype(dtype), shape, 0
+        self.fh = open(path, "wb")
+        np.lib.format.write_array_header_1_0(
+            self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                      "fortran_order": False, "shape": shape})
+
+    def append(self, arr: np.ndarray) -> None:
+        if arr.shape != self.shape[1:] or arr.dtype != self.dtype:
+            raise ValueError(f"{self.path}: got {arr.dtype}{arr.shape}, expected "
+                             f"{self.dtype}{self.shape[1:]}")
+        self.fh.write(np.ascontiguousarray(arr).tobytes())
+        self.count += 1
+
+    def __enter__(self) -> _NpyWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+        if exc[0] is None and self.count != self.shape[0]:
+            raise PreprocessError(f"{self.path}: wrote {self.count} of {self.shape[0]} slices")
 
 
 def _fingerprint(case_dir: Path, config: PreprocessConfig) -> str:
@@ -376,8 +423,13 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
         meta = json.loads((final / "meta.json").read_text())
         return CaseResult(case_id, "cached", cache=str(final), labelled=meta["labelled_phases"])
     index = scan_series(case_dir / "dicom")
-    labels = load_labels(case_dir, index, config)
-    if not labels:
+    # Labels first (fail fast on a bad file), kept only as crops around the heart.
+    crops: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}
+    for t, lab_t in iter_labels(case_dir, index, config):
+        box = _label_box(lab_t, config)
+        crops[t] = (box, lab_t[box].copy())
+        del lab_t
+    if not crops:
         log.warning("%s: no labels; the cache holds images only", case_id)
     dst = canonical_grid(index.geometry, config.spacing_mm)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -387,27 +439,12 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
     tmp.mkdir()
     try:
         shape4 = (index.n_phases, *dst.shape)
-        img = np.lib.format.open_memmap(tmp / "image.npy", "w+", np.int16, shape4)
-        lab = np.lib.format.open_memmap(tmp / "label.npy", "w+", np.uint8, shape4)
-        hu_min, hu_max = np.inf, -np.inf
-        for t, hu in index.iter_phases():
-            hu_min, hu_max = min(hu_min, float(hu.min())), max(hu_max, float(hu.max()))
-            res = resample(hu, index.geometry, dst, order=1, fill=AIR_HU)
-            np.rint(res, out=res)
-            img[t] = np.clip(res, -32768, 32767).astype(np.int16)
-            del hu, res
-        volumes = {}
-        for t, lab_t in labels.items():
-            repaired = repair_labels(lab_t, config.repair_radius, config.repair_mode)
-            lab[t] = resample_labels(repaired, index.geometry, dst, config.label_interp)
-            vox_ml = config.spacing_mm**3 / 1000.0
-            volumes[t] = {"blood_pool_ml": float((lab[t] == BLOOD_POOL).sum() * vox_ml),
-                          "myocardium_ml": float((lab[t] == MYOCARDIUM).sum() * vox_ml)}
-        img.flush()
-        lab.flush()
-        del img, lab
+        volumes: dict[int, dict] = {}
+        with (_NpyWriter(tmp / "image.npy", np.int16, shape4) as img,
+              _NpyWriter(tmp / "label.npy", np.uint8, shape4) as lab):
+            hu_min, hu_max = _write_phases(index, dst, crops, config, img, lab, volumes)
         labelled = np.zeros(index.n_phases, bool)
-        labelled[list(labels)] = True
+        labelled[list(volumes)] = True
         np.save(tmp / "labelled.npy", labelled)
         ed = max(volumes, key=lambda t: volumes[t]["blood_pool_ml"]) if volumes else None
         es = min(volumes, key=lambda t: volumes[t]["blood_pool_ml"]) if volumes else None
@@ -423,7 +460,7 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
             "phase_tag": index.phase_tag,
             "phase_keys": index.phase_keys,
             "n_phases": index.n_phases,
-            "labelled_phases": sorted(labels),
+            "labelled_phases": sorted(volumes),
             "ed_phase": ed,
             "es_phase": es,
             "volumes": {str(k): v for k, v in sorted(volumes.items())},
@@ -435,8 +472,36 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return CaseResult(case_id, "written", cache=str(final), labelled=sorted(labels),
+    return CaseResult(case_id, "written", cache=str(final), labelled=sorted(volumes),
                       seconds=time.perf_counter() - t0)
+
+
+def _write_phases(index: SeriesIndex, dst: Geometry, crops: dict, config: PreprocessConfig,
+                  img: _NpyWriter, lab: _NpyWriter, volumes: dict) -> tuple[float, float]:
+    """Stream every phase: resample the image, repair and resample its labels, append both.
+    Fills ``volumes`` per labelled phase; returns the source HU range."""
+    vox_ml = config.spacing_mm**3 / 1000.0
+    hu_min, hu_max = np.inf, -np.inf
+    for t, hu in index.iter_phases():
+        hu_min, hu_max = min(hu_min, float(hu.min())), max(hu_max, float(hu.max()))
+        res = resample(hu, index.geometry, dst, order=1, fill=AIR_HU)
+        del hu
+        np.rint(res, out=res)
+        np.clip(res, -32768, 32767, out=res)
+        img.append(res.astype(np.int16))
+        del res
+        out_t = np.zeros(dst.shape, np.uint8)
+        if t in crops:
+            box, sub = crops.pop(t)
+            sub_geom = index.geometry.crop(box)
+            repaired = repair_labels(sub, config.repair_radius, config.repair_mode)
+            dbox = _dst_box(sub_geom, dst)
+            out_t[dbox] = resample_labels(repaired, sub_geom, dst.crop(dbox),
+                                          config.label_interp)
+            volumes[t] = {"blood_pool_ml": float((out_t == BLOOD_POOL).sum() * vox_ml),
+                          "myocardium_ml": float((out_t == MYOCARDIUM).sum() * vox_ml)}
+        lab.append(out_t)
+    return hu_min, hu_max
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
