@@ -268,6 +268,7 @@ def spawn(method: str, case_dir: Path, scratch: Path, *, profile_to: Path | None
     subprocess.run(cmd, check=True, cwd=REPO)
     res = json.loads(result.read_text())
     res["child_wall_seconds"] = time.perf_counter() - t0
+    res["load_average_after"] = os.getloadavg()
     result.unlink()
     print(f"{res['seconds']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
     if not keep:

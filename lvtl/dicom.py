@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import struct
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_dict as keyword_tags
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -257,7 +260,20 @@ _PHASE_TAGS = (
 )
 
 
+def _raw_pixel_bytes(sl: SliceHeader, nbytes: int) -> bytes:
+    """The pixel data bytes, read straight from the file when pydicom deferred them, so the
+    dataset never keeps them (holding every slice's pixels would defeat streaming)."""
+    elem = sl.ds.get_item("PixelData", keep_deferred=True)
+    tell = getattr(elem, "value_tell", None)
+    if getattr(elem, "value", None) is None and tell is not None:
+        with open(sl.path, "rb") as fh:
+            fh.seek(tell)
+            return fh.read(nbytes)
+    return sl.ds.PixelData
+
+
 def _pixels_hu(sl: SliceHeader) -> np.ndarray:
+    """One slice in HU (float32), rescale applied."""
     ds = sl.ds
     try:
         ts = ds.file_meta.TransferSyntaxUID
@@ -265,13 +281,14 @@ def _pixels_hu(sl: SliceHeader) -> np.ndarray:
             dt = np.dtype("<i2" if ds.PixelRepresentation == 1 else "<u2")
             if not ts.is_little_endian:
                 dt = dt.newbyteorder(">")
-            raw = ds.PixelData
             n = sl.rows * sl.cols
+            raw = _raw_pixel_bytes(sl, 2 * n)
             if len(raw) < 2 * n:
                 raise DicomError(f"{sl.path}: pixel data truncated ({len(raw)} of {2 * n} bytes)")
             arr = np.frombuffer(raw, dtype=dt, count=n).reshape(sl.rows, sl.cols)
         else:
             arr = ds.pixel_array
+            del ds.PixelData  # do not keep decoded data around
     except DicomError:
         raise
     except Exception as e:  # pydicom raises many types on broken pixel data
@@ -307,7 +324,7 @@ def _read_header(path: Path) -> Dataset | None:
         tags = list(group.keys())
         if not tags or tags[-1] == 0x7FE00010:
             continue
-        elem = group.get_item(tags[-1])
+        elem = group.get_item(tags[-1], keep_deferred=True)
         tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
         if tell is None or length in (None, 0xFFFFFFFF):
             continue
@@ -365,51 +382,87 @@ def _short(e: Exception) -> str:
     return msg[:120]
 
 
+_STRUCT = {"US": "<H", "UL": "<I", "SS": "<h", "SL": "<i", "FL": "<f", "FD": "<d"}
+
+
+def _value(ds: Dataset, keyword: str):
+    """An attribute's value: numbers as a float or a list of floats, text as str, None when
+    absent or empty. Reads explicit-VR little-endian raw elements directly (pydicom's value
+    conversion costs more than the rest of the header scan)."""
+    tag = keyword_tags[keyword]
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement) and elem.is_little_endian and elem.VR is not None:
+        raw = elem.value or b""
+        vr = elem.VR
+        if vr in _STRUCT:
+            code = _STRUCT[vr][1]
+            n = len(raw) // struct.calcsize(code)
+            size = n * struct.calcsize(code)
+            vals = [float(v) for v in struct.unpack(f"<{n}{code}", raw[:size])]
+            return None if not vals else vals[0] if n == 1 else vals
+        text = raw.decode("latin-1").strip(" \x00")
+        if vr in ("DS", "IS"):
+            parts = [float(v) for v in text.split("\\") if v.strip()]
+            return None if not parts else parts[0] if len(parts) == 1 else parts
+        return text or None
+    value = ds[tag].value
+    if value in (None, ""):
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return [float(v) for v in value]
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
 def _check_header(path: Path, ds: Dataset, problems: list[str]) -> SliceHeader | None:
     name = path.name
-    modality = str(getattr(ds, "Modality", ""))
-    if modality != "CT":
-        problems.append(f"{name}: modality {modality or '(none)'} is not CT")
-        return None
-    if "PixelData" not in ds:
-        problems.append(f"{name}: no pixel data")
-        return None
-    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                           "Rows", "Columns") if k not in ds]
-    if missing:
-        problems.append(f"{name}: missing {', '.join(missing)}")
-        return None
-    key = None
-    for tag in _PHASE_TAGS:
-        if tag in ds and ds[tag].value not in (None, ""):
-            key = float(ds[tag].value)
-            break
     try:
-        pos = np.array([float(v) for v in ds.ImagePositionPatient])
-        ori = np.array([float(v) for v in ds.ImageOrientationPatient])
-        ps = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        expected = rows * cols * int(ds.BitsAllocated) // 8 * int(getattr(ds, "SamplesPerPixel", 1))
-    except Exception as e:
-        problems.append(f"{name}: malformed geometry ({_short(e)})")
+        modality = _value(ds, "Modality")
+        if modality != "CT":
+            problems.append(f"{name}: modality {modality or '(none)'} is not CT")
+            return None
+        if 0x7FE00010 not in ds._dict:
+            problems.append(f"{name}: no pixel data")
+            return None
+        geo = {k: _value(ds, k) for k in ("ImagePositionPatient", "ImageOrientationPatient",
+                                          "PixelSpacing", "Rows", "Columns")}
+        missing = [k for k, v in geo.items() if v is None]
+        if missing:
+            problems.append(f"{name}: missing {', '.join(missing)}")
+            return None
+        key = next((v for v in (_value(ds, t) for t in _PHASE_TAGS) if v is not None), None)
+        pos = np.asarray(geo["ImagePositionPatient"], float)
+        ori = np.asarray(geo["ImageOrientationPatient"], float)
+        ps = np.asarray(geo["PixelSpacing"], float)
+        rows, cols = int(geo["Rows"]), int(geo["Columns"])
+        bits = int(_value(ds, "BitsAllocated") or 16)
+        expected = rows * cols * bits // 8 * int(_value(ds, "SamplesPerPixel") or 1)
+        if isinstance(key, list):
+            raise ValueError("multi-valued phase attribute")
+    except (ValueError, TypeError, struct.error, UnicodeDecodeError) as e:
+        problems.append(f"{name}: malformed header value ({_short(e)})")
         return None
-    if pos.shape != (3,) or ori.shape != (6,) or min(ps) <= 0:
+    if pos.shape != (3,) or ori.shape != (6,) or ps.shape != (2,) or min(ps) <= 0:
         problems.append(f"{name}: malformed geometry attributes")
         return None
-    try:
-        elem = ds.get_item("PixelData")
-        length = elem.length if hasattr(elem, "length") else len(elem.value)
-        ts = ds.file_meta.TransferSyntaxUID
-        if not ts.is_compressed and length not in (0xFFFFFFFF,) and length < expected:
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    ts = ds.file_meta.TransferSyntaxUID
+    length = getattr(elem, "length", None)
+    if length is None and elem.value is not None:
+        length = len(elem.value)
+    if not ts.is_compressed and length is not None and length != 0xFFFFFFFF:
+        if length < expected:
             problems.append(f"{name}: pixel data truncated ({length} of {expected} bytes)")
             return None
-        if elem.value_tell is not None and not ts.is_compressed:
-            if path.stat().st_size < elem.value_tell + expected:
-                problems.append(f"{name}: file truncated inside pixel data")
-                return None
-    except AttributeError:
-        pass
-    return SliceHeader(path, ds, key if key is not None else np.nan, pos, ori, ps, rows, cols)
+        tell = getattr(elem, "value_tell", None)
+        if tell is not None and path.stat().st_size < tell + expected:
+            problems.append(f"{name}: file truncated inside pixel data")
+            return None
+    return SliceHeader(path, ds, key if key is not None else np.nan, pos, ori,
+                       (float(ps[0]), float(ps[1])), rows, cols)
 
 
 def _build_index(folder: Path, headers: list[SliceHeader], problems: list[str],
