@@ -492,14 +492,14 @@ def _build_index(folder: Path, headers: list[SliceHeader], problems: list[str],
     for key in keys:
         sl = groups[key]
         label = f"phase {_phase_label(tag, key)}"
-        bad_ori = [h.path.name for h in sl if not np.allclose(h.orientation, ref.orientation,
-                                                              atol=_DIR_TOL)]
-        if bad_ori:
-            problems.append(f"{label}: mixed orientation ({bad_ori[0]} differs)")
-        bad_sp = [h.path.name for h in sl if not np.allclose(h.pixel_spacing, ref.pixel_spacing,
-                                                             atol=1e-4)]
-        if bad_sp:
-            problems.append(f"{label}: mixed pixel spacing ({bad_sp[0]} differs)")
+        ori = np.array([h.orientation for h in sl])
+        bad_ori = np.flatnonzero(np.abs(ori - ref.orientation).max(axis=1) > _DIR_TOL)
+        if len(bad_ori):
+            problems.append(f"{label}: mixed orientation ({sl[bad_ori[0]].path.name} differs)")
+        spacing = np.array([h.pixel_spacing for h in sl])
+        bad_sp = np.flatnonzero(np.abs(spacing - ref.pixel_spacing).max(axis=1) > 1e-4)
+        if len(bad_sp):
+            problems.append(f"{label}: mixed pixel spacing ({sl[bad_sp[0]].path.name} differs)")
         bad_dim = [h.path.name for h in sl if (h.rows, h.cols) != (ref.rows, ref.cols)]
         if bad_dim:
             problems.append(f"{label}: mixed matrix size ({bad_dim[0]} differs)")
@@ -517,9 +517,8 @@ def _build_index(folder: Path, headers: list[SliceHeader], problems: list[str],
                 g = gaps[0]
                 problems.append(f"{label}: missing slice between {along[g]:.2f} and "
                                 f"{along[g + 1]:.2f} mm (spacing {step:.3g} mm elsewhere)")
-            inplane = [np.abs((h.position - sl[0].position) @ row) + np.abs(
-                (h.position - sl[0].position) @ col) for h in sl]
-            if max(inplane) > _POS_TOL_MM * 10:
+            shift = np.array([h.position for h in sl]) - sl[0].position
+            if (np.abs(shift @ row) + np.abs(shift @ col)).max() > _POS_TOL_MM * 10:
                 problems.append(f"{label}: slices are not stacked along the normal "
                                 "(shifted or tilted positions)")
         phases.append(sl)
