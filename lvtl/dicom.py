@@ -235,12 +235,16 @@ class SeriesIndex:
     def shape(self) -> tuple[int, int, int, int]:
         return (self.n_phases, *self.geometry.shape)
 
+    def iter_slices(self, t: int) -> Iterator[np.ndarray]:
+        """The slices ``(y, x)`` float32 HU of phase ``t``, in order along the normal."""
+        for sl in self.phases[t]:
+            yield _pixels_hu(sl)
+
     def read_phase(self, t: int) -> np.ndarray:
         """HU image ``(z, y, x)`` float32 of phase ``t``."""
-        g = self.geometry
-        out = np.empty(g.shape, np.float32)
-        for k, sl in enumerate(self.phases[t]):
-            out[k] = _pixels_hu(sl)
+        out = np.empty(self.geometry.shape, np.float32)
+        for k, sl in enumerate(self.iter_slices(t)):
+            out[k] = sl
         return out
 
     def iter_phases(self) -> Iterator[tuple[int, np.ndarray]]:

@@ -219,7 +219,11 @@ def _interp_axis(arr: np.ndarray, axis: int, coords: np.ndarray, fill: float,
         shape[axis] = len(coords)
         w = w.reshape(shape)
         lo = np.take(arr, i0, axis=axis)
-        out = lo + (np.take(arr, i1, axis=axis) - lo) * w
+        out = np.take(arr, i1, axis=axis)
+        out -= lo  # in place: one temporary of the output's size, not three
+        out *= w
+        out += lo
+        del lo
     if outside.any():
         sl = [slice(None)] * arr.ndim
         sl[axis] = outside
@@ -253,6 +257,31 @@ def resample(arr: np.ndarray, src: Geometry, dst: Geometry, *, order: int = 1,
         coords = offset + step * np.arange(dst.shape[a])
         work = _interp_axis(work, lead + a, coords, fill, order)
     return np.ascontiguousarray(work)
+
+
+def resample_phase(index: SeriesIndex, t: int, dst: Geometry, fill: float = AIR_HU
+                   ) -> np.ndarray:
+    """Phase ``t`` of a series resampled (linear) to ``dst``, read slice by slice.
+
+    With axes parallel to ``dst`` each slice is resampled in-plane as it is read and only the
+    in-plane-resampled stack is kept, so memory stays far below one full-resolution phase.
+    An oblique series is read whole and resampled with the full affine.
+    """
+    src = index.geometry
+    amap = _axis_map(src, dst)
+    if amap is None:
+        return resample(index.read_phase(t), src, dst, order=1, fill=fill)
+    feeds = {m[0]: a for a, m in enumerate(amap)}  # source axis -> destination axis
+    axes = [feeds[0], feeds[1], feeds[2]]
+    coords = [amap[a][1] + amap[a][2] * np.arange(dst.shape[a]) for a in axes]
+    stack = np.empty((src.shape[0], dst.shape[axes[1]], dst.shape[axes[2]]), np.float32)
+    first = 0 if dst.shape[axes[1]] / src.shape[1] <= dst.shape[axes[2]] / src.shape[2] else 1
+    for k, sl in enumerate(index.iter_slices(t)):
+        for ax in (first, 1 - first):
+            sl = _interp_axis(sl, ax, coords[1 + ax], fill, 1)
+        stack[k] = sl
+    out = _interp_axis(stack, 0, coords[0], fill, 1)
+    return np.ascontiguousarray(out.transpose(np.argsort(axes)))
 
 
 def _resample_affine(arr: np.ndarray, src: Geometry, dst: Geometry, order: int,
@@ -483,13 +512,12 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
 def _write_phases(index: SeriesIndex, dst: Geometry, crops: dict, config: PreprocessConfig,
                   img: _NpyWriter, lab: _NpyWriter, volumes: dict) -> tuple[float, float]:
     """Stream every phase: resample the image, repair and resample its labels, append both.
-    Fills ``volumes`` per labelled phase; returns the source HU range."""
+    Fills ``volumes`` per labelled phase; returns the HU range of the resampled images."""
     vox_ml = config.spacing_mm**3 / 1000.0
     hu_min, hu_max = np.inf, -np.inf
-    for t, hu in index.iter_phases():
-        hu_min, hu_max = min(hu_min, float(hu.min())), max(hu_max, float(hu.max()))
-        res = resample(hu, index.geometry, dst, order=1, fill=AIR_HU)
-        del hu
+    for t in range(index.n_phases):
+        res = resample_phase(index, t, dst, fill=AIR_HU)
+        hu_min, hu_max = min(hu_min, float(res.min())), max(hu_max, float(res.max()))
         np.rint(res, out=res)
         np.clip(res, -32768, 32767, out=res)
         img.append(res.astype(np.int16))

@@ -226,3 +226,20 @@ def test_failure_midway_leaves_the_old_cache_and_no_debris(site2_case, tmp_path,
         preprocess_case(case, out, force=True)
     assert _tree_hash(out / case.name) == before
     assert sorted(p.name for p in out.iterdir()) == [case.name]
+
+
+@pytest.mark.parametrize("name", ["HFS", "FFS", "sagittal", "oblique"])
+def test_streamed_phase_resampling_equals_whole_volume_resampling(tmp_path, name):
+    from lvtl.dicom import SeriesInfo, new_uid, scan_series, write_phase
+
+    src = _geoms()[name]
+    vol = np.random.default_rng(2).integers(-1000, 1000, src.shape).astype(np.float32)
+    info = SeriesInfo(patient_id="p", patient_name="p", study_uid=new_uid(),
+                      series_uid=new_uid(), frame_of_reference_uid=new_uid(), n_phases=1)
+    write_phase(tmp_path, vol, src, 0, info, first_instance=1)
+    index = scan_series(tmp_path)
+    dst = canonical_grid(index.geometry, 1.0)
+    streamed = pp.resample_phase(index, 0, dst)
+    whole = resample(index.read_phase(0), index.geometry, dst)
+    assert streamed.shape == dst.shape
+    assert np.allclose(streamed, whole, atol=1e-3)
