@@ -11,12 +11,14 @@ Three methods are then timed, each in a fresh child process (this script run aga
     resampling of the labelled phases, and the int16 cache written to disk.
 ``monai``
     Per phase: ``LoadImage(reader="PydicomReader", image_only=True)``, ``EnsureChannelFirst()``,
-    ``Spacing(pixdim=(1.0, 1.0, 1.0))`` (MONAI defaults otherwise), rounded to int16 into a 4D
-    ``.npy`` memmap on disk like lvtl's cache. The files are first grouped by phase with a
-    header-only read of ``TemporalPositionIndex`` (timed separately, reported as "grouping");
-    each phase's files are handed to MONAI as a folder of symbolic links to them (made outside
-    the timed region), because given a flat list of files ``PydicomReader`` stacks them as the
-    channels of a 2D image and drops the slice geometry, while a folder is read as a 3D series.
+    ``Spacing(pixdim=(1.0, 1.0, 1.0))`` (MONAI defaults otherwise), rounded to int16 and
+    appended to a 4D ``.npy`` file on disk, as lvtl writes its cache. The files are first
+    grouped by phase with a header-only read of ``TemporalPositionIndex`` (timed separately,
+    reported as "grouping"); each phase's files are handed to MONAI as a folder of symbolic
+    links to them (made outside the timed region): a folder is read as a 3D series, while a flat
+    list of files is taken as the channels of one 2D image, which fails with "affine matrix of all
+    images should be the same for channel-wise concatenation" since every slice has its own
+    position.
 ``plain``
     ``pydicom.dcmread(f).pixel_array`` for every file, nothing kept: the floor set by pydicom.
 
@@ -101,7 +103,12 @@ def ensure_case(workdir: Path, slices: int | None) -> tuple[Path, float | None]:
     params = case_params(slices)
     final = workdir / params.case_id
     if (final / "dicom").is_dir():
-        return final, None
+        stored = _stored_params(final)
+        if stored == json.loads(json.dumps(params.to_dict())):
+            return final, None
+        print(f"{final} was drawn by another version of lvtl.phantom.draw_case "
+              f"({'no truth/case.json' if stored is None else 'parameters differ'}); "
+              f"regenerating it", flush=True)
     print(f"generating {params.case_id} ({params.slices} slices x 20 phases of "
           f"{params.rows} x {params.cols}) into {workdir} ...", flush=True)
     t0 = time.perf_counter()
@@ -110,10 +117,57 @@ def ensure_case(workdir: Path, slices: int | None) -> tuple[Path, float | None]:
            "--out", str(workdir)]
     if slices is not None:
         cmd += ["--slices", str(slices)]
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run(cmd, check=True, cwd=REPO, env=_child_env())
     secs = time.perf_counter() - t0
     print(f"generated in {secs:.0f} s", flush=True)
     return final, secs
+
+
+def _stored_params(case_dir: Path) -> dict | None:
+    try:
+        return json.loads((case_dir / "truth" / "case.json").read_text())["params"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --------------------------------------------------------------------------- lvtl snapshot
+# lvtl may change while a long run goes on (it is being worked on); every process of one run
+# imports the same copy of it, taken at the start and put first on the module search path.
+_SNAPSHOT: Path | None = None
+
+
+def snapshot_lvtl(scratch: Path) -> dict:
+    """Copy the lvtl package into ``scratch`` and use that copy from now on; its provenance."""
+    import hashlib
+
+    global _SNAPSHOT
+    root = scratch / "lvtl-snapshot"
+    shutil.copytree(REPO / "lvtl", root / "lvtl",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _SNAPSHOT = root
+    sys.path.insert(0, str(root))
+    h = hashlib.sha256()
+    for f in sorted((root / "lvtl").rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"git_head": git("rev-parse", "HEAD"),
+            "lvtl_dirty": bool(git("status", "--porcelain", "--", "lvtl")),
+            "lvtl_sha256": h.hexdigest()}
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    if _SNAPSHOT is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(_SNAPSHOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def dicom_files(case_dir: Path) -> list[Path]:
@@ -199,28 +253,33 @@ def child_monai(case_dir: Path, out_dir: Path) -> dict:
             (d / f.name).symlink_to(f.resolve())
         phase_dirs.append(d)
 
+    # Each resampled phase is rounded to int16 and appended to a 4D .npy file with plain
+    # writes, as lvtl writes its cache, so neither process holds its output in memory.
     t_load = t_space = t_store = 0.0
-    out = None
+    fh = None
     t1 = time.perf_counter()
-    for t, d in enumerate(phase_dirs):
+    for d in phase_dirs:
         a = time.perf_counter()
         img = channel_first(load(str(d)))
         b = time.perf_counter()
         res = spacing(img)
         c = time.perf_counter()
         arr = res.numpy()[0]
-        if out is None:
-            out = np.lib.format.open_memmap(out_dir / "image.npy", "w+", np.int16,
-                                            (len(phase_dirs), *arr.shape))
+        if fh is None:
+            out_shape = (len(phase_dirs), *arr.shape)
             in_shape, in_dtype, out_dtype = list(img.shape), str(img.dtype), str(res.dtype)
-        out[t] = np.clip(np.rint(arr), -32768, 32767).astype(np.int16)
+            fh = open(out_dir / "image.npy", "wb")
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": "<i2", "fortran_order": False, "shape": out_shape})
+        fh.write(np.clip(np.rint(arr), -32768, 32767).astype("<i2").tobytes())
         del img, res, arr
         t_load += b - a
         t_space += c - b
         t_store += time.perf_counter() - c
-    out.flush()
+    fh.close()
     secs = time.perf_counter() - t1
     peak = _peak_rss_mib()
+    out = np.load(out_dir / "image.npy", mmap_mode="r")
     return {"seconds": secs, "grouping_seconds": grouping, "baseline_rss_mib": baseline,
             "peak_rss_mib": peak, "load_seconds": t_load, "spacing_seconds": t_space,
             "store_seconds": t_store, "phases": len(phase_dirs),
@@ -234,7 +293,7 @@ def run_child_method(args: argparse.Namespace) -> None:
     if args.method == "generate":
         from lvtl.phantom import write_case
 
-        write_case(case_params(args.slices), Path(args.out))
+        write_case(case_params(args.slices), Path(args.out), overwrite=True)
         return
     case_dir, out_dir = Path(args.case), Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +307,8 @@ def run_child_method(args: argparse.Namespace) -> None:
     res["ru_maxrss_mib"] = _ru_maxrss_mib()
     res["method"] = args.method
     res["pid"] = os.getpid()
+    if "lvtl" in sys.modules:
+        res["lvtl_file"] = sys.modules["lvtl"].__file__
     Path(args.result).write_text(json.dumps(res, indent=2) + "\n")
 
 
@@ -265,29 +326,18 @@ def spawn(method: str, case_dir: Path, scratch: Path, *, profile_to: Path | None
         cmd += ["--profile-to", str(profile_to)]
     print(f"  {method}{' (cProfile)' if profile_to else ''} ...", end=" ", flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run(cmd, check=True, cwd=REPO, env=_child_env())
     res = json.loads(result.read_text())
     res["child_wall_seconds"] = time.perf_counter() - t0
+    if "lvtl_file" in res and _SNAPSHOT is not None and not res["lvtl_file"].startswith(
+            str(_SNAPSHOT)):
+        raise RuntimeError(f"{method} child imported {res['lvtl_file']}, not the snapshot")
     res["load_average_after"] = os.getloadavg()
     result.unlink()
     print(f"{res['seconds']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
     if not keep:
         shutil.rmtree(out_dir, ignore_errors=True)
     return res
-
-
-LVTL_STEPS = [  # (label, file name suffix, function name) of lvtl steps to break down
-    ("scan_series: header read + checks", "lvtl/dicom.py", "scan_series"),
-    ("  _read_header (pydicom.dcmread, deferred pixels)", "lvtl/dicom.py", "_read_header"),
-    ("  _check_header", "lvtl/dicom.py", "_check_header"),
-    ("  _build_index", "lvtl/dicom.py", "_build_index"),
-    ("read_phase: pixels to float32 HU (20 phases)", "lvtl/dicom.py", "read_phase"),
-    ("resample (images, 20 phases)", "lvtl/preprocess.py", "resample"),
-    ("load_labels (NIfTI read + checks)", "lvtl/preprocess.py", "load_labels"),
-    ("repair_labels", "lvtl/preprocess.py", "repair_labels"),
-    ("resample_labels", "lvtl/preprocess.py", "resample_labels"),
-    ("_fingerprint (stat of every file)", "lvtl/preprocess.py", "_fingerprint"),
-]
 
 
 def summarise_profile(path: Path, top: int = 15) -> dict:
@@ -351,12 +401,11 @@ def summarise_profile(path: Path, top: int = 15) -> dict:
                  "cumtime": round(stats[k][3], 3), "callers": callers(k),
                  "via_lvtl": via_lvtl(k)} for k in keys]
 
-    steps = []
-    for label, suffix, func in LVTL_STEPS:
-        hits = [v for k, v in stats.items() if k[0].endswith(suffix) and k[2] == func]
-        if hits:
-            steps.append({"step": label, "calls": sum(h[1] for h in hits),
-                          "cumtime": round(sum(h[3] for h in hits), 3)})
+    # lvtl's own functions by cumulative time (nested: a caller includes its callees).
+    lv_keys = sorted((k for k in stats if is_lvtl(k) and stats[k][3] >= 0.01 * total),
+                     key=lambda k: stats[k][3], reverse=True)[:top]
+    steps = [{"step": name(k), "calls": stats[k][1], "cumtime": round(stats[k][3], 3),
+              "tottime": round(stats[k][2], 3)} for k in lv_keys]
     return {"total_seconds": round(total, 3), "steps": steps, "by_tottime": rows(2),
             "by_cumtime": rows(3)}
 
@@ -374,7 +423,9 @@ def markdown(results: dict) -> str:
         "",
         f"Each method ran in a fresh child process ({rounds}), after a warm-up plain read "
         f"({r['warmup']['seconds']:.1f} s), so all three read from a warm file cache. "
-        f"Host: {results['host']['cpus']} CPUs, Python {results['host']['python']}.",
+        f"Host: {results['host']['cpus']} CPUs, Python {results['host']['python']}; lvtl at "
+        f"git {results['lvtl']['git_head'][:7]}"
+        f"{' + uncommitted changes' if results['lvtl']['lvtl_dirty'] else ''}.",
         "",
         "| Method | Time (s) | Peak RSS (MiB) | RSS after imports (MiB) | "
         "Peak - after imports (MiB) |",
@@ -419,12 +470,15 @@ def markdown(results: dict) -> str:
             f"#### Where lvtl's time goes (cProfile, separate run: {prof['total_seconds']:.1f} s "
             f"under the profiler)",
             "",
-            "| Step | Calls | Cumulative (s) | Share |",
-            "|---|---:|---:|---:|",
+            "lvtl functions taking at least 1% (cumulative: a function includes its callees):",
+            "",
+            "| lvtl function | Calls | Cumulative (s) | Share | Own (s) |",
+            "|---|---:|---:|---:|---:|",
         ]
         for s in prof["steps"]:
-            lines.append(f"| {s['step']} | {s['calls']} | {s['cumtime']:.1f} | "
-                         f"{100 * s['cumtime'] / prof['total_seconds']:.0f}% |")
+            lines.append(f"| `{s['step']}` | {s['calls']} | {s['cumtime']:.1f} | "
+                         f"{100 * s['cumtime'] / prof['total_seconds']:.0f}% | "
+                         f"{s['tottime']:.1f} |")
         lines += ["", "Top functions by own time:", "",
                   "| Function | Calls | Own (s) | Cumulative (s) | For (nearest lvtl caller, s) |",
                   "|---|---:|---:|---:|---|"]
@@ -437,17 +491,22 @@ def markdown(results: dict) -> str:
 
 def parent(args: argparse.Namespace) -> None:
     workdir = (Path(args.workdir) if args.workdir else REPO / "bench-run").resolve()
-    case_dir, gen_secs = ensure_case(workdir, args.slices)
-    params = case_params(args.slices)
-    files = dicom_files(case_dir)
-    nbytes = sum(f.stat().st_size for f in files)
+    workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ingest-", dir=workdir))
-    print(f"case {case_dir} ({len(files)} files, {nbytes / 1e9:.2f} GB); scratch {scratch}",
-          flush=True)
-    load_before = os.getloadavg()
-    print(f"load average before: {load_before}", flush=True)
     runs = {}
     try:
+        provenance = snapshot_lvtl(scratch)
+        print(f"lvtl: git HEAD {provenance['git_head'][:12]}"
+              f"{' (lvtl/ has uncommitted changes)' if provenance['lvtl_dirty'] else ''}, "
+              f"snapshot sha256 {provenance['lvtl_sha256'][:12]}", flush=True)
+        case_dir, gen_secs = ensure_case(workdir, args.slices)
+        params = case_params(args.slices)
+        files = dicom_files(case_dir)
+        nbytes = sum(f.stat().st_size for f in files)
+        print(f"case {case_dir} ({len(files)} files, {nbytes / 1e9:.2f} GB); scratch {scratch}",
+              flush=True)
+        load_before = os.getloadavg()
+        print(f"load average before: {load_before}", flush=True)
         print("warm-up (plain read, fills the file cache):", flush=True)
         runs["warmup"] = spawn("plain", case_dir, scratch)
         print("timed runs:", flush=True)
@@ -487,6 +546,7 @@ def parent(args: argparse.Namespace) -> None:
                  "cols": params.cols, "pixel_mm": params.pixel_mm,
                  "slice_mm": params.slice_mm, "files": len(files), "bytes": nbytes,
                  "path": str(case_dir), "generated_seconds": gen_secs},
+        "lvtl": provenance,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "platform": platform.platform(), "load_average_before": load_before,
                  **{k: version(k) for k in ("numpy", "scipy", "pydicom", "monai", "torch")}},
@@ -498,8 +558,10 @@ def parent(args: argparse.Namespace) -> None:
             "a warm-up plain read ran first, so every method read from a warm file cache",
             "MONAI: files grouped by TemporalPositionIndex with header-only reads (timed "
             "separately as grouping_seconds); each phase given to LoadImage as a folder of "
-            "symlinks (untimed), since a flat file list is stacked as channels of a 2D image",
-            "MONAI output rounded to int16 into a 4D .npy memmap on disk, like lvtl's cache",
+            "symlinks (untimed): a folder is read as a 3D series, while a flat file list is "
+            "taken as channels of one 2D image and fails (each slice has its own affine)",
+            "MONAI output rounded to int16 and appended phase by phase to a 4D .npy file with "
+            "plain writes (no memmap), as lvtl writes its cache",
             "lvtl additionally repairs and resamples the labels of its labelled phases",
         ],
         "runs": runs,

@@ -312,31 +312,34 @@ def _read_header(path: Path) -> Dataset | None:
 
     Raises (``EOFError`` and others) for a DICOM file that is cut short or unreadable.
     """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
+    with open(path, "rb") as fh:
+        head = fh.read(132)
         if len(head) < 132 or head[128:132] != b"DICM":
             return None
-        ds = pydicom.dcmread(path, defer_size=1024)
-    except InvalidDicomError:
-        return None
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(0)
+        try:
+            ds = pydicom.dcmread(fh, defer_size=1024)
+        except InvalidDicomError:
+            return None
     # pydicom stops quietly at the end of a cut file; a file cut before its pixel data would
     # otherwise pass as one without modality or pixel data (a cut inside the pixel data is
     # reported by _check_header)
-    size = path.stat().st_size
     for group in (ds.file_meta, ds):
-        tags = list(group.keys())
-        if not tags or tags[-1] == 0x7FE00010:
+        if not group._dict:
             continue
-        elem = group.get_item(tags[-1], keep_deferred=True)
+        last = max(group._dict)
+        if last == 0x7FE00010:
+            continue
+        elem = group.get_item(last, keep_deferred=True)
         tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
         if tell is None or length in (None, 0xFFFFFFFF):
             continue
         if tell + length > size:
-            raise EOFError(f"file ends at byte {size}, inside element {tags[-1]}")
+            raise EOFError(f"file ends at byte {size}, inside element {last}")
         if group is ds and 0 < size - (tell + length) < 8:
-            raise EOFError(f"file ends at byte {size}, inside the element after {tags[-1]}")
-    if not list(ds.keys()):
+            raise EOFError(f"file ends at byte {size}, inside the element after {last}")
+    if not ds._dict:
         raise EOFError("no data set after the file meta information")
     return ds
 
