@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import zlib
@@ -33,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy import interpolate, ndimage
-from tqdm import tqdm
 
 from lvtl.errors import ConfigError
 from lvtl.geometry import Geometry
+from lvtl.parallel import map_cases
 
 Points = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -773,17 +772,6 @@ def generate_site(site: str, n_cases: int | None, out: str | Path, *, size: str 
         raise ConfigError(f"--cases must be at least 1, got {n}")
     Path(out).mkdir(parents=True, exist_ok=True)
     jobs = [(site, i, seed, size, str(out), overwrite) for i in range(n)]
-    bar = tqdm(total=n, desc=f"phantom {site}", unit="case", disable=not progress)
-    results = []
-    if workers > 1 and n > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, n)) as pool:
-            for r in pool.imap(_write_one, jobs):
-                results.append(r)
-                bar.update()
-    else:
-        for job in jobs:
-            results.append(_write_one(job))
-            bar.update()
-    bar.close()
+    results = map_cases(_write_one, jobs, workers=workers, desc=f"phantom {site}",
+                        progress=progress)
     return results

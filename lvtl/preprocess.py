@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ from lvtl.dicom import SeriesIndex, scan_series
 from lvtl.errors import ConfigError, LabelError, LvtlError, PreprocessError
 from lvtl.geometry import Geometry
 from lvtl.nifti import read_volume
+from lvtl.parallel import map_cases
 
 log = logging.getLogger(__name__)
 
@@ -590,23 +590,10 @@ def preprocess_site(root: str | Path, out_root: str | Path,
                     config: PreprocessConfig | None = None, *, workers: int = 1,
                     force: bool = False, progress: bool = False) -> list[CaseResult]:
     """Preprocess every case under ``root``; failed cases are reported, the others go on."""
-    from tqdm import tqdm
-
     config = config or PreprocessConfig()
     cases = find_cases(root)
     jobs = [(c, out_root, config, force) for c in cases]
-    results: list[CaseResult] = []
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            for r in pool.imap(_run_case, jobs):
-                results.append(r)
-                bar.update()
-    else:
-        for job in jobs:
-            results.append(_run_case(job))
-            bar.update()
-    bar.close()
+    results = map_cases(_run_case, jobs, workers=workers, desc="preprocess", progress=progress)
     for r in results:
         if r.status == "failed":
             log.error("%s", r.reason)
