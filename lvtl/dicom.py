@@ -203,16 +203,25 @@ def _base_dataset(info: SeriesInfo, phase: int) -> Dataset:
 # --------------------------------------------------------------------------- reading
 @dataclass
 class SliceHeader:
-    """What ingestion needs from one file; pixel data is read later."""
+    """What ingestion needs from one file (no dataset is kept: 4000 of them would cost more
+    memory than a phase of pixels); pixel data is read later."""
 
     path: Path
-    ds: Dataset
     phase_key: float
     position: np.ndarray
     orientation: np.ndarray
     pixel_spacing: tuple[float, float]
     rows: int
     cols: int
+    instance: int | None = None
+    pixel_offset: int | None = None  # file offset of native little-endian 16-bit pixels
+    pixel_dtype: str = "<i2"
+    slope: float = 1.0
+    intercept: float = 0.0
+    phase_tag: str = "none"
+    n_temporal: int | None = None
+    series_uid: str = ""
+    slice_thickness: float | None = None
 
 
 @dataclass
@@ -226,6 +235,7 @@ class SeriesIndex:
     geometry: Geometry
     skipped: list[str]
     series_uid: str
+    first_header: Dataset | None = None  # header (no pixels) of one file, for reporting
 
     @property
     def n_phases(self) -> int:
@@ -264,46 +274,28 @@ _PHASE_TAGS = (
 )
 
 
-def _raw_pixel_bytes(sl: SliceHeader, nbytes: int) -> bytes:
-    """The pixel data bytes, read straight from the file when pydicom deferred them, so the
-    dataset never keeps them (holding every slice's pixels would defeat streaming)."""
-    elem = sl.ds.get_item("PixelData", keep_deferred=True)
-    tell = getattr(elem, "value_tell", None)
-    if getattr(elem, "value", None) is None and tell is not None:
-        with open(sl.path, "rb") as fh:
-            fh.seek(tell)
-            return fh.read(nbytes)
-    return sl.ds.PixelData
-
-
 def _pixels_hu(sl: SliceHeader) -> np.ndarray:
     """One slice in HU (float32), rescale applied."""
-    ds = sl.ds
+    n = sl.rows * sl.cols
     try:
-        ts = ds.file_meta.TransferSyntaxUID
-        if not ts.is_compressed and ds.BitsAllocated == 16 and ds.SamplesPerPixel == 1:
-            dt = np.dtype("<i2" if ds.PixelRepresentation == 1 else "<u2")
-            if not ts.is_little_endian:
-                dt = dt.newbyteorder(">")
-            n = sl.rows * sl.cols
-            raw = _raw_pixel_bytes(sl, 2 * n)
+        if sl.pixel_offset is not None:
+            with open(sl.path, "rb") as fh:
+                fh.seek(sl.pixel_offset)
+                raw = fh.read(2 * n)
             if len(raw) < 2 * n:
                 raise DicomError(f"{sl.path}: pixel data truncated ({len(raw)} of {2 * n} bytes)")
-            arr = np.frombuffer(raw, dtype=dt, count=n).reshape(sl.rows, sl.cols)
-        else:
-            arr = ds.pixel_array
-            del ds.PixelData  # do not keep decoded data around
+            arr = np.frombuffer(raw, dtype=sl.pixel_dtype, count=n).reshape(sl.rows, sl.cols)
+        else:  # compressed or unusual encodings: let pydicom decode
+            arr = pydicom.dcmread(sl.path).pixel_array
     except DicomError:
         raise
     except Exception as e:  # pydicom raises many types on broken pixel data
         raise DicomError(f"{sl.path}: cannot decode pixel data ({e})") from e
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     out = arr.astype(np.float32)
-    if slope != 1.0:
-        out *= np.float32(slope)
-    if intercept != 0.0:
-        out += np.float32(intercept)
+    if sl.slope != 1.0:
+        out *= np.float32(sl.slope)
+    if sl.intercept != 0.0:
+        out += np.float32(sl.intercept)
     return out
 
 
@@ -358,6 +350,7 @@ def scan_series(folder: str | Path) -> SeriesIndex:
     headers: list[SliceHeader] = []
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     series_uids: set[str] = set()
+    first: Dataset | None = None
     for path in files:
         try:
             ds = _read_header(path)
@@ -371,7 +364,10 @@ def scan_series(folder: str | Path) -> SeriesIndex:
         sl = _check_header(path, ds, problems)
         if sl is not None:
             headers.append(sl)
-            series_uids.add(str(getattr(ds, "SeriesInstanceUID", "")))
+            series_uids.add(sl.series_uid)
+            if first is None:
+                first = ds
+                del first.PixelData
     if not headers and not problems:
         raise DicomError(f"{folder}: no DICOM files found")
     if len(series_uids) > 1:
@@ -379,6 +375,8 @@ def scan_series(folder: str | Path) -> SeriesIndex:
     index = None
     if headers:
         index = _build_index(folder, headers, problems, skipped)
+    if index is not None:
+        index.first_header = first
     if problems or index is None:
         raise SeriesProblems(str(folder), problems)
     return index
@@ -460,16 +458,30 @@ def _check_header(path: Path, ds: Dataset, problems: list[str]) -> SliceHeader |
     length = getattr(elem, "length", None)
     if length is None and elem.value is not None:
         length = len(elem.value)
+    tell = getattr(elem, "value_tell", None)
     if not ts.is_compressed and length is not None and length != 0xFFFFFFFF:
         if length < expected:
             problems.append(f"{name}: pixel data truncated ({length} of {expected} bytes)")
             return None
-        tell = getattr(elem, "value_tell", None)
         if tell is not None and path.stat().st_size < tell + expected:
             problems.append(f"{name}: file truncated inside pixel data")
             return None
-    return SliceHeader(path, ds, key if key is not None else np.nan, pos, ori,
-                       (float(ps[0]), float(ps[1])), rows, cols)
+    native = (not ts.is_compressed and ts.is_little_endian and bits == 16
+              and int(_value(ds, "SamplesPerPixel") or 1) == 1 and tell is not None)
+    signed = int(_value(ds, "PixelRepresentation") or 0) == 1
+    ntp = _value(ds, "NumberOfTemporalPositions")
+    instance = _value(ds, "InstanceNumber")
+    thickness = _value(ds, "SliceThickness")
+    return SliceHeader(
+        path, key if key is not None else np.nan, pos, ori, (float(ps[0]), float(ps[1])), rows,
+        cols, instance=None if instance is None else int(instance),
+        pixel_offset=tell if native else None, pixel_dtype="<i2" if signed else "<u2",
+        slope=float(_value(ds, "RescaleSlope") or 1.0),
+        intercept=float(_value(ds, "RescaleIntercept") or 0.0),
+        phase_tag=next((t for t in _PHASE_TAGS if _value(ds, t) is not None), "none"),
+        n_temporal=None if not ntp else int(ntp),
+        series_uid=str(_value(ds, "SeriesInstanceUID") or ""),
+        slice_thickness=None if thickness is None else float(thickness))
 
 
 def _build_index(folder: Path, headers: list[SliceHeader], problems: list[str],
@@ -483,7 +495,7 @@ def _build_index(folder: Path, headers: list[SliceHeader], problems: list[str],
             bad = [h.path.name for h in headers if np.isnan(h.phase_key)][:3]
             problems.append(f"no cardiac phase attribute in {', '.join(bad)}")
             return None
-    tag = next((t for t in _PHASE_TAGS if t in headers[0].ds), "none")
+    tag = headers[0].phase_tag
     groups: dict[float, list[SliceHeader]] = defaultdict(list)
     for h in headers:
         groups[round(h.phase_key, 4)].append(h)
@@ -551,13 +563,13 @@ def _build_index(folder: Path, headers: list[SliceHeader], problems: list[str],
         return None
     sl0 = phases[0]
     steps = np.diff(positions[0])
-    dz = float(np.median(steps)) if len(steps) else float(getattr(ref.ds, "SliceThickness", 1.0))
+    dz = float(np.median(steps)) if len(steps) else (ref.slice_thickness or 1.0)
     direction = np.stack([normal, col, row])
     geometry = Geometry.make((len(sl0), ref.rows, ref.cols),
                              (dz, ref.pixel_spacing[0], ref.pixel_spacing[1]),
                              sl0[0].position, direction)
     return SeriesIndex(folder, phases, keys, tag, geometry, skipped,
-                       str(getattr(ref.ds, "SeriesInstanceUID", "")))
+                       ref.series_uid)
 
 
 def _phase_label(tag: str, key: float) -> str:
@@ -569,8 +581,7 @@ def _phase_label(tag: str, key: float) -> str:
 
 
 def _expected_phases(tag: str, keys: list[float], headers: list[SliceHeader]) -> int | None:
-    n = {int(h.ds.NumberOfTemporalPositions) for h in headers
-         if "NumberOfTemporalPositions" in h.ds and h.ds.NumberOfTemporalPositions}
+    n = {h.n_temporal for h in headers if h.n_temporal}
     if len(n) == 1:
         return n.pop()
     if tag == "NominalPercentageOfCardiacPhase" and len(keys) > 2:

@@ -87,7 +87,11 @@ def relabel(labels: np.ndarray, blood_pool_value: int = 1, myocardium_value: int
     Any other value raises :class:`LabelError` naming ``source`` and the values found.
     """
     if labels.dtype == np.uint8:  # the common case: a histogram is much faster than unique
-        values = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
+        # slice by slice: bincount converts to int64, eight times the memory of the volume
+        counts = np.zeros(256, np.int64)
+        for part in labels.reshape(labels.shape[0], -1) if labels.ndim > 1 else [labels]:
+            counts += np.bincount(part, minlength=256)
+        values = np.flatnonzero(counts)
     else:
         values = np.unique(labels)
     allowed = {0, blood_pool_value, myocardium_value}

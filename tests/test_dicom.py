@@ -87,7 +87,7 @@ def test_reversed_slice_order_is_sorted_along_the_normal(tmp_path):
     for t in range(3):
         assert np.array_equal(index.read_phase(t), vols[t])
     first = index.phases[0]
-    assert [int(s.ds.InstanceNumber) for s in first] == list(range(6, 0, -1))
+    assert [s.instance for s in first] == list(range(6, 0, -1))
 
 
 def test_phases_grouped_by_cardiac_percentage_without_temporal_index(tmp_path):
