@@ -33,16 +33,27 @@ def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry) -> Pat
     return path
 
 
-def read_volume(path: str | Path, dtype=None) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D NIfTI file as a ``(z, y, x)`` array and its geometry."""
+def read_volume(path: str | Path, dtype=None, phase: int | None = None
+                ) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D NIfTI file (or phase ``phase`` of a 4D one) as a ``(z, y, x)`` array and its
+    geometry."""
     path = Path(path)
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # nibabel raises several types on truncated or foreign files
         raise LabelError(f"{path}: cannot read NIfTI ({str(e).splitlines()[0][:120]})") from e
-    if data.ndim == 4 and data.shape[3] == 1:
+    if data.ndim == 4 and phase is None and data.shape[3] == 1:
         data = data[..., 0]
+    elif data.ndim == 4:
+        if phase is None:
+            raise LabelError(f"{path}: a 4D file with {data.shape[3]} phases; choose one "
+                             "(--phase)")
+        if not 0 <= phase < data.shape[3]:
+            raise LabelError(f"{path}: phase {phase} out of range 0 to {data.shape[3] - 1}")
+        data = data[..., phase]
+    elif phase not in (None, 0):
+        raise LabelError(f"{path}: a 3D file has no phase {phase}")
     if data.ndim != 3:
         raise LabelError(f"{path}: expected a 3D volume, got shape {list(data.shape)}")
     try:
