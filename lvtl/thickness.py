@@ -8,8 +8,8 @@ the outer to the inner surface.
 Method (see ``docs/thickness.md``):
 
 1. **Sub-voxel surfaces.** Each surface is the 0.5 level of the Gaussian-smoothed indicator
-   (``sigma_mm``) of the blood pool, and of blood pool plus wall. Grid links that cross a
-   surface are cut at the interpolated crossing.
+   (``sigma_vox`` voxels along each axis) of the blood pool, and of blood pool plus wall. Grid
+   links that cross a surface are cut at the interpolated crossing.
 2. **Boundary conditions.** Links crossing the inner surface carry ``u = 0``, links crossing the
    outer surface ``u = 1`` — except where the wall is cut open (the base of the LV at the
    valve plane, the ends of an open cylinder): there the outer surface runs *along* the
@@ -106,20 +106,20 @@ class _Grid:
     blood: np.ndarray  # bool: labelled blood pool
 
 
-def _prepare(labels: np.ndarray, sp: np.ndarray, sigma_mm: float) -> tuple[_Grid, dict]:
+def _prepare(labels: np.ndarray, sp: np.ndarray, sigma_vox: float) -> tuple[_Grid, dict]:
     myo, n_pieces = _largest_component(labels == MYOCARDIUM)
     info = {"myocardium_pieces": int(n_pieces)}
     if n_pieces > 1:
         log.warning("myocardium has %d disconnected pieces; measuring the largest", n_pieces)
     blood = labels == BLOOD_POOL
     # Box around the wall with room for the smoothing and the streamlines.
-    pad = np.ceil(4 * sigma_mm / sp).astype(int) + 3
+    pad = int(np.ceil(4 * sigma_vox)) + 3
     idx = np.argwhere(myo)
     lo = np.maximum(idx.min(axis=0) - pad, 0)
     hi = np.minimum(idx.max(axis=0) + pad + 1, labels.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     myo, blood = myo[box], blood[box]
-    sig = sigma_mm / sp
+    sig = sigma_vox
     phi_in = ndimage.gaussian_filter(blood.astype(np.float64), sig, mode="nearest") - 0.5
     phi_out = ndimage.gaussian_filter((blood | myo).astype(np.float64), sig, mode="nearest") - 0.5
     # Keep only wall nodes connected to the chosen myocardium piece.
@@ -311,24 +311,33 @@ def _start_points(links, shape) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(pts), np.concatenate(dirs)
 
 
-def _interp(field3: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return ndimage.map_coordinates(field3, pts.T, order=1, mode="nearest")
+def _sampler(fields: list[np.ndarray]):
+    """Linear interpolation of several grids at index-space points ``(n, 3)``."""
+    fields = [np.ascontiguousarray(f, dtype=np.float32) for f in fields]
+
+    def sample(pts: np.ndarray) -> np.ndarray:
+        coords = pts.T
+        return np.stack([ndimage.map_coordinates(f, coords, order=1, mode="nearest")
+                         for f in fields], axis=1)
+
+    return sample
 
 
 def _streamlines(g: _Grid, grad: np.ndarray, starts: np.ndarray, step_mm: float,
                  max_mm: float) -> np.ndarray:
     """Path length (mm) from each start along -grad u to the inner surface (NaN: not reached)."""
     sp = g.spacing
+    field = _sampler([grad[0], grad[1], grad[2], g.phi_in])
 
     def velocity(p):
-        v = -np.stack([_interp(grad[k], p) for k in range(3)], axis=1)
+        v = -field(p)[:, :3]
         v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return v / sp  # index units per mm travelled
 
     pos = starts.copy()
     length = np.zeros(len(pos))
     done = np.zeros(len(pos), bool)
-    phi_prev = _interp(g.phi_in, pos)
+    phi_prev = field(pos)[:, 3]
     h = step_mm
     for _ in range(int(np.ceil(max_mm / h))):
         act = np.flatnonzero(~done)
@@ -340,7 +349,7 @@ def _streamlines(g: _Grid, grad: np.ndarray, starts: np.ndarray, step_mm: float,
         k3 = velocity(p + 0.5 * h * k2)
         k4 = velocity(p + h * k3)
         new = p + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-        phi_new = _interp(g.phi_in, new)
+        phi_new = field(new)[:, 3]
         hit = phi_new >= 0
         frac = np.where(hit, -phi_prev[act] / np.maximum(phi_new - phi_prev[act], 1e-12), 1.0)
         length[act] += h * np.clip(frac, 0.0, 1.0)
@@ -423,7 +432,7 @@ def _pde_lengths(g: _Grid, grad: np.ndarray, nodes: np.ndarray, links, tol: floa
 
 
 def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str = "streamline",
-                   solver: str = "cg", tol: float = 1e-8, sigma_mm: float | None = None,
+                   solver: str = "cg", tol: float = 1e-8, sigma_vox: float = 1.2,
                    cut_angle: float = 60.0, step_mm: float | None = None) -> ThicknessResult:
     """Wall thickness of the myocardium (label 2) of one 3D label map ``(z, y, x)``.
 
@@ -436,8 +445,9 @@ def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str =
         raise ThicknessError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     labels, sp = _check(labels, spacing)
     t0 = time.perf_counter()
-    sigma = float(sigma_mm) if sigma_mm is not None else 0.8 * float(sp.max())
-    g, info = _prepare(labels, sp, sigma)
+    if not 0.3 <= sigma_vox <= 4.0:
+        raise ThicknessError(f"sigma_vox must be between 0.3 and 4 voxels, got {sigma_vox}")
+    g, info = _prepare(labels, sp, float(sigma_vox))
     links = _links(g, cut_angle)
     kinds = np.concatenate([lk[4] for lk in links])
     if not (kinds == 0).any():
@@ -451,7 +461,7 @@ def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str =
     grad = _gradient(g, u, nodes, links)
     starts, _ = _start_points(links, g.wall.shape)
     if method == "streamline":
-        h = step_mm if step_mm is not None else 0.25 * float(sp.min())
+        h = step_mm if step_mm is not None else 0.5 * float(sp.min())
         span = float(np.linalg.norm(np.asarray(g.wall.shape) * sp))
         values = _streamlines(g, grad, starts, h, max_mm=span)
     else:

@@ -19,7 +19,8 @@ def run(*args, cwd=None, env=None):
                           cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
 
 
-@pytest.mark.parametrize("cmd", ["phantom", "inspect", "preprocess", "demo"])
+@pytest.mark.parametrize("cmd", ["phantom", "inspect", "preprocess", "thickness", "agreement",
+                                 "demo"])
 def test_help_for_each_command(cmd):
     r = run(cmd, "--help")
     assert r.returncode == 0 and "Usage: lvtl " + cmd in r.stdout
@@ -95,3 +96,49 @@ def test_errors_are_one_clear_line(tmp_path, args, code, words):
 def test_debug_shows_the_traceback(tmp_path):
     r = run("--debug", "phantom", "--site", "site-7", "--out", tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_thickness_on_phantom_labels(site2_case):
+    meta = json.loads((site2_case / "truth" / "case.json").read_text())
+    ed = meta["ed_phase"]
+    label = site2_case / "truth" / "labels" / f"phase_{ed:02d}.nii.gz"
+    r = run("thickness", label, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["method"] == "streamline" and out["n_points"] > 500
+    assert 5.0 < out["median"] < 11.0 and out["median"] <= out["p95"] <= out["max"]
+    r = run("thickness", label)
+    assert r.returncode == 0 and "median" in r.stdout and "mm" in r.stdout
+
+
+def test_thickness_of_an_empty_label_is_one_clear_error(tmp_path, site2_case):
+    import numpy as np
+
+    from lvtl.nifti import read_volume, write_volume
+
+    lab, geom = read_volume(next((site2_case / "labels").iterdir()))
+    write_volume(tmp_path / "empty.nii.gz", np.zeros_like(lab), geom)
+    r = run("thickness", tmp_path / "empty.nii.gz")
+    assert r.returncode == 6 and "Traceback" not in r.stderr
+    assert "empty.nii.gz" in r.stderr and "no myocardium" in r.stderr
+
+
+def test_agreement_between_two_raters(tmp_path, site2_case):
+    """Rater A: the clean truth; rater B: the repaired flood-fill labels of the same phases."""
+    from lvtl.nifti import read_volume, write_volume
+    from lvtl.preprocess import repair_labels
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for f in sorted((site2_case / "labels").iterdir()):
+        lab, geom = read_volume(f)
+        write_volume(b / f.name, repair_labels(lab), geom)
+        truth, g2 = read_volume(site2_case / "truth" / "labels" / f.name)
+        write_volume(a / f.name, truth, g2)
+    r = run("agreement", a, b, "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["summary"]["n"] == 2 and not rep["skipped"]
+    assert rep["summary"]["dice"]["blood_pool"]["mean"] > 0.95
+    assert rep["summary"]["dice"]["lvm"]["mean"] > 0.95
+    assert abs(rep["summary"]["thickness_diff"]["median"]["mean"]) < 1.0
+    assert "bland_altman" in rep["summary"]

@@ -38,18 +38,19 @@ def errors(res, thick):
     return res.values_mm - thick
 
 
-@pytest.mark.parametrize("kind,r_in,thick,seed", [
-    ("sphere", 20.0, 5.0, 0), ("sphere", 25.0, 8.0, 1), ("sphere", 18.0, 12.0, 2),
-    ("cylinder", 18.0, 5.0, 3), ("cylinder", 22.0, 8.0, 4), ("cylinder", 16.0, 12.0, 5),
-])
-def test_streamline_accuracy_on_shells(kind, r_in, thick, seed):
-    res = wall_thickness(shell(kind, r_in, thick, seed))
-    err = errors(res, thick)
-    assert res.method == "streamline" and res.info["unreached"] == 0
-    assert abs(np.median(res.values_mm) - thick) <= 0.15  # mm
-    assert np.sqrt(np.mean(err**2)) <= 0.2  # voxel (1 mm)
-    assert res.median == pytest.approx(np.median(res.values_mm))
-    assert np.all(np.isfinite(res.values_mm)) and res.p95 <= res.max
+@pytest.mark.parametrize("kind,r_in", [("sphere", 20.0), ("cylinder", 18.0)])
+@pytest.mark.parametrize("thick", [5.0, 8.0, 12.0])
+def test_streamline_accuracy_on_shells(kind, r_in, thick):
+    """Accuracy goal: median within 0.15 mm, RMS at most 0.2 voxel, for every sub-voxel
+    centre tried (four per shape and thickness)."""
+    for seed in range(4):
+        res = wall_thickness(shell(kind, r_in, thick, 100 + seed))
+        err = errors(res, thick)
+        assert res.method == "streamline" and res.info["unreached"] == 0
+        assert abs(np.median(res.values_mm) - thick) <= 0.15  # mm
+        assert np.sqrt(np.mean(err**2)) <= 0.2  # voxel (1 mm)
+        assert res.median == pytest.approx(np.median(res.values_mm))
+        assert np.all(np.isfinite(res.values_mm)) and res.p95 <= res.max
 
 
 @pytest.mark.parametrize("kind,thick", [("sphere", 8.0), ("cylinder", 8.0)])
