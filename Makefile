@@ -30,6 +30,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/repair.py
+	$(PY) benchmarks/thickness.py
+	$(PY) benchmarks/thickness_phantom.py
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache build *.egg-info

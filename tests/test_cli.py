@@ -142,3 +142,23 @@ def test_agreement_between_two_raters(tmp_path, site2_case):
     assert rep["summary"]["dice"]["lvm"]["mean"] > 0.95
     assert abs(rep["summary"]["thickness_diff"]["median"]["mean"]) < 1.0
     assert "bland_altman" in rep["summary"]
+
+
+def test_thickness_of_one_phase_of_a_4d_file(tmp_path, site2_case):
+    import nibabel as nib
+    import numpy as np
+
+    meta = json.loads((site2_case / "truth" / "case.json").read_text())
+    ed, es = meta["ed_phase"], meta["es_phase"]
+    imgs = [nib.load(site2_case / "truth" / "labels" / f"phase_{t:02d}.nii.gz") for t in (ed, es)]
+    four = nib.Nifti1Image(np.stack([np.asarray(i.dataobj) for i in imgs], axis=-1),
+                           imgs[0].affine)
+    nib.save(four, tmp_path / "labels4d.nii.gz")
+    r = run("thickness", tmp_path / "labels4d.nii.gz", "--phase", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    es_json = json.loads(r.stdout)
+    r = run("thickness", tmp_path / "labels4d.nii.gz", "--phase", 0, "--json")
+    ed_json = json.loads(r.stdout)
+    assert es_json["median"] > ed_json["median"] + 2.0  # systolic thickening
+    r = run("thickness", tmp_path / "labels4d.nii.gz")
+    assert r.returncode == 4 and "--phase" in r.stderr
