@@ -9,7 +9,6 @@ phase at a time, so a paper-size series (4000 files, 2 GB) never sits in memory 
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import struct
@@ -604,6 +603,3 @@ def load_series(folder: str | Path) -> tuple[np.ndarray, Geometry]:
     index = scan_series(folder)
     return index.read_all(), index.geometry
 
-
-def today() -> str:
-    return _dt.date.today().strftime("%Y%m%d")

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from lvtl.dicom import SeriesInfo, new_uid, scan_series, write_phase
+from lvtl.dicom import SeriesInfo, load_series, new_uid, scan_series, write_phase
 from lvtl.geometry import Geometry
 from lvtl.phantom import N_PHASES, Case, draw_case
 
@@ -102,7 +102,8 @@ def test_phases_grouped_by_cardiac_percentage_without_temporal_index(tmp_path):
     index = scan_series(tmp_path / "s")
     assert index.phase_tag == "NominalPercentageOfCardiacPhase"
     assert index.phase_keys == [0.0, 25.0, 50.0, 75.0]
-    assert np.array_equal(index.read_all(), np.stack(vols))
+    hu, geometry = load_series(tmp_path / "s")
+    assert np.array_equal(hu, np.stack(vols)) and geometry == index.geometry
 
 
 @pytest.mark.parametrize("site,intercept", [("site-1", -1024.0), ("site-2", 0.0)])
