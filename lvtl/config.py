@@ -29,6 +29,8 @@ class SiteConfig:
     cache_root: Path | None = None
     split_seed: int = 0
     trusted_keys: Path | None = None
+    revoked_keys: tuple[str, ...] = ()
+    min_artifact_version: str | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     source: Path | None = None
 
@@ -71,7 +73,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
     data = _section(doc, "data", {"root", "cache"}, path)
     pre_keys = {f.name for f in fields(PreprocessConfig)}
     pre = _section(doc, "preprocess", pre_keys, path)
-    trust = _section(doc, "trust", {"keys"}, path)
+    trust = _section(doc, "trust", {"keys", "revoked", "min_version"}, path)
     name = site.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: [site] name is required")
@@ -88,6 +90,12 @@ def load_site_config(path: str | Path) -> SiteConfig:
     seed = site.get("split_seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"{path}: [site] split_seed must be an integer")
+    revoked = trust.get("revoked", [])
+    if not isinstance(revoked, list) or not all(isinstance(k, str) for k in revoked):
+        raise ConfigError(f"{path}: [trust] revoked must be a list of key id strings")
+    min_version = trust.get("min_version")
+    if min_version is not None and not isinstance(min_version, str):
+        raise ConfigError(f"{path}: [trust] min_version must be a version string like \"1.0.0\"")
     return SiteConfig(
         name=name,
         role=role,
@@ -95,6 +103,8 @@ def load_site_config(path: str | Path) -> SiteConfig:
         cache_root=_path(data.get("cache"), base, "[data] cache"),
         split_seed=seed,
         trusted_keys=_path(trust.get("keys"), base, "[trust] keys"),
+        revoked_keys=tuple(revoked),
+        min_artifact_version=min_version,
         preprocess=pre_cfg,
         source=path,
     )
