@@ -79,3 +79,78 @@ class Conv4d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+def _norm(channels: int, groups: int = 8) -> nn.GroupNorm:
+    return nn.GroupNorm(min(groups, channels), channels)
+
+
+class ResBlock4d(nn.Module):
+    """Pre-activation residual block: (GroupNorm, ReLU, Conv4d 3^4) twice, plus the identity."""
+
+    def __init__(self, channels: int, groups: int = 8):
+        super().__init__()
+        self.norm1, self.conv1 = _norm(channels, groups), Conv4d(channels, channels, 3, 1, 1)
+        self.norm2, self.conv2 = _norm(channels, groups), Conv4d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(F.relu(self.norm1(x)))
+        y = self.conv2(F.relu(self.norm2(y)))
+        return x + y
+
+
+def _upsample2(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour upsampling by 2 in (T, D, H, W), cropped to ``like``'s size."""
+    for dim in range(2, 6):
+        x = x.repeat_interleave(2, dim=dim)
+    return x[:, :, : like.shape[2], : like.shape[3], : like.shape[4], : like.shape[5]]
+
+
+class LVNet4d(nn.Module):
+    """Myronenko's 4D CNN for cardiac sequences (STACOM 2019), SegResNet style.
+
+    Encoder: an initial Conv4d, then per level ``blocks_down[i]`` residual blocks at
+    ``init_filters * 2**i`` channels, levels joined by stride-2 Conv4d in all four dimensions.
+    Decoder: per level a 1x1x1x1 Conv4d halving the channels, nearest upsampling by 2, an
+    additive skip from the encoder, and ``blocks_up`` residual blocks. Head: GroupNorm, ReLU and a
+    1x1x1x1 Conv4d to ``out_channels`` scores per voxel and phase. Input ``(N, C, T, D, H, W)``,
+    output ``(N, out_channels, T, D, H, W)``; any size works (odd sizes are cropped back).
+    The paper: 1, 2, 4 blocks at 8, 16, 32 filters; crop 16 x 64 x 96 x 96 (t, z, y, x).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 3, init_filters: int = 8,
+                 blocks_down: tuple[int, ...] = (1, 2, 4), blocks_up: int = 1,
+                 groups: int = 8):
+        super().__init__()
+        if not blocks_down or min(blocks_down) < 1 or init_filters < 1 or blocks_up < 0:
+            raise ValueError("need at least one level, one block per level and one filter")
+        self.config = {"in_channels": in_channels, "out_channels": out_channels,
+                       "init_filters": init_filters, "blocks_down": list(blocks_down),
+                       "blocks_up": blocks_up, "groups": groups}
+        f = init_filters
+        self.stem = Conv4d(in_channels, f, 3, 1, 1)
+        self.down = nn.ModuleList()
+        self.encoder = nn.ModuleList()
+        for i, n in enumerate(blocks_down):
+            ch = f * 2**i
+            self.down.append(nn.Identity() if i == 0 else Conv4d(ch // 2, ch, 3, 2, 1))
+            self.encoder.append(nn.Sequential(*[ResBlock4d(ch, groups) for _ in range(n)]))
+        self.reduce = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for i in range(len(blocks_down) - 1, 0, -1):
+            ch = f * 2**i
+            self.reduce.append(Conv4d(ch, ch // 2, 1, 1, 0))
+            self.decoder.append(nn.Sequential(*[ResBlock4d(ch // 2, groups)
+                                                for _ in range(blocks_up)]))
+        self.head = nn.Sequential(_norm(f, groups), nn.ReLU(), Conv4d(f, out_channels, 1, 1, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        skips = []
+        for down, enc in zip(self.down, self.encoder, strict=True):
+            x = enc(down(x))
+            skips.append(x)
+        for reduce, dec, skip in zip(self.reduce, self.decoder, reversed(skips[:-1]),
+                                     strict=True):
+            x = dec(_upsample2(reduce(x), skip) + skip)
+        return self.head(x)

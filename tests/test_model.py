@@ -76,3 +76,40 @@ def test_bad_shapes_are_refused():
         conv(torch.zeros(1, 3, 4, 4, 4, 4))
     with pytest.raises(ValueError, match="four ints"):
         Conv4d(1, 1, kernel_size=(3, 3))
+
+
+@pytest.mark.parametrize("size", [(4, 8, 8, 8), (5, 7, 9, 6), (3, 5, 5, 5)])
+def test_network_output_shape_odd_and_even(size):
+    from lvtl.model import LVNet4d
+
+    net = LVNet4d(1, 3, init_filters=4, blocks_down=(1, 1, 2))
+    y = net(torch.randn(1, 1, *size))
+    assert y.shape == (1, 3, *size)
+
+
+def test_network_learns_and_gradients_reach_the_stem():
+    from lvtl.model import LVNet4d
+
+    torch.manual_seed(0)
+    net = LVNet4d(1, 3, init_filters=4, blocks_down=(1, 1))
+    x = torch.randn(2, 1, 4, 6, 6, 6)
+    target = (x[:, 0] > 0).long()  # a learnable voxel-wise rule
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), target)
+        loss.backward()
+        losses.append(loss.item())
+        opt.step()
+    assert net.stem.weight.grad is not None and net.stem.weight.grad.abs().sum() > 0
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_paper_configuration_has_the_papers_widths():
+    from lvtl.model import LVNet4d
+
+    net = LVNet4d()  # 1, 2, 4 blocks at 8, 16, 32 filters
+    assert [len(e) for e in net.encoder] == [1, 2, 4]
+    assert [e[0].conv1.out_channels for e in net.encoder] == [8, 16, 32]
+    assert net.down[1].stride == (2, 2, 2, 2)
