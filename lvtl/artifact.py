@@ -414,13 +414,19 @@ def sign(checkpoint: str | Path, key_path: str | Path, out_dir: str | Path, *, n
 
 
 # --------------------------------------------------------------------------- verify
-def _check_signature_doc(path: Path, raw: bytes) -> tuple[str, bytes]:
+def _json_object(path: Path, raw: bytes) -> dict:
+    """Parse ``raw`` as a JSON object, or refuse naming ``path``."""
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ArtifactError(f"{path}: not valid JSON") from None
-    if not isinstance(doc, dict):
+    if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: must be a JSON object")
+    return obj
+
+
+def _check_signature_doc(path: Path, raw: bytes) -> tuple[str, bytes]:
+    doc = _json_object(path, raw)
     if "cert" in doc:
         raise ArtifactError(f"{path}: certificate signers are not supported yet; "
                             "sign with a pinned key")
@@ -458,12 +464,7 @@ def _check_name(name: Any) -> str:
 
 
 def _check_manifest(path: Path, raw: bytes, kid: str) -> dict:
-    try:
-        m = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ArtifactError(f"{path}: not valid JSON") from None
-    if not isinstance(m, dict):
-        raise ArtifactError(f"{path}: must be a JSON object")
+    m = _json_object(path, raw)
     if canonical_json(m) != raw:
         raise ArtifactError(f"{path}: not in canonical JSON form")
     if m.get("schema") != SCHEMA:
