@@ -297,18 +297,15 @@ def _gradient(g: _Grid, u_wall: np.ndarray, nodes: np.ndarray, links) -> np.ndar
     return grad[(slice(None), *near)]
 
 
-def _start_points(links, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Outer-surface crossings (index coordinates) and the direction (+-axis) of each."""
-    pts, dirs = [], []
+def _start_points(links, shape) -> np.ndarray:
+    """Outer-surface crossings (index coordinates), in the order of the links."""
+    pts = []
     for axis, sign, flat_i, theta, kind in links:
         sel = kind == 1
         p = np.stack(np.unravel_index(flat_i[sel], shape), axis=1).astype(float)
         p[:, axis] += sign * theta[sel]
         pts.append(p)
-        d = np.zeros((int(sel.sum()), 3))
-        d[:, axis] = sign
-        dirs.append(d)
-    return np.concatenate(pts), np.concatenate(dirs)
+    return np.concatenate(pts)
 
 
 def _sampler(fields: list[np.ndarray]):
@@ -359,9 +356,9 @@ def _streamlines(g: _Grid, grad: np.ndarray, starts: np.ndarray, step_mm: float,
 
 
 def _pde_lengths(g: _Grid, grad: np.ndarray, nodes: np.ndarray, links, tol: float = 1e-6,
-                 max_iter: int = 20000) -> tuple[np.ndarray, np.ndarray, int]:
-    """Yezzi-Prince: L0 (distance from the inner surface) and L1 (from the outer surface)
-    along the unit field T = grad u / |grad u|, by upwind Gauss-Jacobi iteration."""
+                 max_iter: int = 20000) -> tuple[np.ndarray, int]:
+    """Yezzi-Prince: L0, the path length from the inner surface along the unit field
+    T = grad u / |grad u|, by upwind Gauss-Jacobi iteration; returns (L0, sweeps)."""
     shape = g.wall.shape
     n_all = g.wall.size
     number = -np.ones(n_all, np.int64)
@@ -373,60 +370,56 @@ def _pde_lengths(g: _Grid, grad: np.ndarray, nodes: np.ndarray, links, tol: floa
     bound = {}
     for axis, sign, flat_i, theta, kind in links:
         bound[axis, sign] = (number[flat_i], theta, kind)
-    results = []
-    iters_total = 0
-    for surface, direction in ((0, 1.0), (1, -1.0)):
-        # L0 grows along +T from the inner surface (T . grad L0 = 1), L1 along -T from the
-        # outer one; the upwind neighbour lies against the travel direction.
-        length = np.zeros(len(nodes))
-        coef = np.zeros(len(nodes))
-        terms = []  # (weight per node, neighbour numbers or -1 for a boundary value 0)
-        for axis in range(3):
-            comp = direction * t_field[axis]  # travel direction component
-            sign = np.where(comp > 0, -1, 1)  # upwind neighbour
-            hk = np.full(len(nodes), g.spacing[axis])
-            nb = np.full(len(nodes), -1, np.int64)
-            for s in (1, -1):
-                sel = sign == s
-                j = nodes[sel] + s * strides[axis]
-                coord = np.unravel_index(nodes[sel], shape)[axis] + s
-                ok = (coord >= 0) & (coord < shape[axis])
-                jj = np.full(int(sel.sum()), -1, np.int64)
-                jj[ok] = number[j[ok]]
-                nb[sel] = jj
-                if (axis, s) in bound:
-                    bi, th, kind = bound[axis, s]
-                    mask = np.zeros(len(nodes), bool)
-                    mask[bi] = True
-                    at = sel & mask
-                    # boundary neighbour: the matching surface gives value 0 at distance th*h
-                    lookup = np.full(len(nodes), -1)
-                    lookup[bi] = np.arange(len(bi))
-                    k_at = lookup[at]
-                    is_surface = kind[k_at] == surface
-                    idx_at = np.flatnonzero(at)
-                    hk[idx_at[is_surface]] = th[k_at[is_surface]] * g.spacing[axis]
-                    nb[idx_at[is_surface]] = -2  # value 0 at the boundary
-            w = np.abs(comp) / hk
-            w[nb == -1] = 0.0  # no upwind information across the other surface or a cut face
-            coef += w
-            terms.append((w, nb))
-        coef = np.maximum(coef, 1e-12)
-        for _sweep in range(max_iter):
-            acc = np.ones(len(nodes))
-            for w, nb in terms:
-                valid = nb >= 0
-                acc[valid] += w[valid] * length[nb[valid]]
-            new = acc / coef
-            delta = float(np.max(np.abs(new - length)))
-            length = new
-            if delta < tol:
-                break
-        else:
-            raise ThicknessError(f"path-length equations did not converge in {max_iter} sweeps")
-        iters_total += _sweep + 1
-        results.append(length)
-    return results[0], results[1], iters_total
+    # L0 grows along +T from the inner surface (T . grad L0 = 1); the upwind neighbour lies
+    # against the travel direction. (L1 from the outer surface is not needed: the
+    # thickness at an epicardial point is L0 there.)
+    length = np.zeros(len(nodes))
+    coef = np.zeros(len(nodes))
+    terms = []  # (weight per node, neighbour numbers or -1 for a boundary value 0)
+    for axis in range(3):
+        comp = t_field[axis]  # travel direction component
+        sign = np.where(comp > 0, -1, 1)  # upwind neighbour
+        hk = np.full(len(nodes), g.spacing[axis])
+        nb = np.full(len(nodes), -1, np.int64)
+        for s in (1, -1):
+            sel = sign == s
+            j = nodes[sel] + s * strides[axis]
+            coord = np.unravel_index(nodes[sel], shape)[axis] + s
+            ok = (coord >= 0) & (coord < shape[axis])
+            jj = np.full(int(sel.sum()), -1, np.int64)
+            jj[ok] = number[j[ok]]
+            nb[sel] = jj
+            if (axis, s) in bound:
+                bi, th, kind = bound[axis, s]
+                mask = np.zeros(len(nodes), bool)
+                mask[bi] = True
+                at = sel & mask
+                # boundary neighbour: the matching surface gives value 0 at distance th*h
+                lookup = np.full(len(nodes), -1)
+                lookup[bi] = np.arange(len(bi))
+                k_at = lookup[at]
+                is_surface = kind[k_at] == 0  # the inner surface
+                idx_at = np.flatnonzero(at)
+                hk[idx_at[is_surface]] = th[k_at[is_surface]] * g.spacing[axis]
+                nb[idx_at[is_surface]] = -2  # value 0 at the boundary
+        w = np.abs(comp) / hk
+        w[nb == -1] = 0.0  # no upwind information across the other surface or a cut face
+        coef += w
+        terms.append((w, nb))
+    coef = np.maximum(coef, 1e-12)
+    for _sweep in range(max_iter):
+        acc = np.ones(len(nodes))
+        for w, nb in terms:
+            valid = nb >= 0
+            acc[valid] += w[valid] * length[nb[valid]]
+        new = acc / coef
+        delta = float(np.max(np.abs(new - length)))
+        length = new
+        if delta < tol:
+            break
+    else:
+        raise ThicknessError(f"path-length equations did not converge in {max_iter} sweeps")
+    return length, _sweep + 1
 
 
 def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str = "streamline",
@@ -457,13 +450,13 @@ def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str =
     u, sinfo = solve_laplace(a, b, solver, tol)
     info.update(sinfo)
     grad = _gradient(g, u, nodes, links)
-    starts, _ = _start_points(links, g.wall.shape)
+    starts = _start_points(links, g.wall.shape)
     if method == "streamline":
         h = step_mm if step_mm is not None else 0.5 * float(sp.min())
         span = float(np.linalg.norm(np.asarray(g.wall.shape) * sp))
         values = _streamlines(g, grad, starts, h, max_mm=span)
     else:
-        l0, _, iters = _pde_lengths(g, grad, nodes, links)
+        l0, iters = _pde_lengths(g, grad, nodes, links)
         info["pde_sweeps"] = iters
         values = _pde_at_points(g, grad, nodes, l0, links)
     ok = np.isfinite(values)
@@ -482,7 +475,6 @@ def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str =
 def _pde_at_points(g: _Grid, grad: np.ndarray, nodes: np.ndarray, l0: np.ndarray,
                    links) -> np.ndarray:
     """L0 carried from the wall node to its outer-surface crossing, for each start point."""
-    shape = g.wall.shape
     number = -np.ones(g.wall.size, np.int64)
     number[nodes] = np.arange(len(nodes))
     out = []
@@ -493,5 +485,4 @@ def _pde_at_points(g: _Grid, grad: np.ndarray, nodes: np.ndarray, l0: np.ndarray
         t = t / np.maximum(np.linalg.norm(t, axis=0), 1e-12)
         # moving theta*h along the link changes L0 by (link . T) per mm
         out.append(l0[number[fi]] + theta[sel] * g.spacing[axis] * np.maximum(sign * t[axis], 0))
-    del shape
     return np.concatenate(out)
