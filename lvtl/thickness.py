@@ -100,7 +100,7 @@ class _Grid:
     phi_in: np.ndarray  # > 0 inside the blood pool (smoothed indicator - 0.5)
     phi_out: np.ndarray  # > 0 inside blood pool + wall
     wall: np.ndarray  # bool: unknown nodes
-    cut_dir: np.ndarray  # (3, ...) unit direction of the distance-to-blood-pool gradient
+    dist: np.ndarray  # distance to the labelled blood pool (mm)
     spacing: np.ndarray
     offset: np.ndarray  # index of the box's first voxel in the full array
     blood: np.ndarray  # bool: labelled blood pool
@@ -133,9 +133,21 @@ def _prepare(labels: np.ndarray, sp: np.ndarray, sigma_vox: float) -> tuple[_Gri
     if not wall.any():
         raise ThicknessError("the wall is thinner than the voxel size everywhere")
     dist = ndimage.distance_transform_edt(~blood, sampling=sp)
-    grad = np.stack(np.gradient(dist, *sp))
-    grad /= np.maximum(np.linalg.norm(grad, axis=0), 1e-12)
-    return _Grid(phi_in, phi_out, wall, grad, sp, lo, blood), info
+    return _Grid(phi_in, phi_out, wall, dist, sp, lo, blood), info
+
+
+def _away_from_blood(g: _Grid, idx: tuple[np.ndarray, ...]) -> np.ndarray:
+    """(3, n) unit gradient of the distance to the blood pool at nodes ``idx`` (central
+    differences, one-sided at the box's faces): the local thickness direction."""
+    shape = g.dist.shape
+    grad = np.empty((3, len(idx[0])))
+    for axis in range(3):
+        up, down = list(idx), list(idx)
+        up[axis] = np.minimum(idx[axis] + 1, shape[axis] - 1)
+        down[axis] = np.maximum(idx[axis] - 1, 0)
+        step = np.maximum(up[axis] - down[axis], 1) * g.spacing[axis]
+        grad[axis] = (g.dist[tuple(up)] - g.dist[tuple(down)]) / step
+    return grad / np.maximum(np.linalg.norm(grad, axis=0), 1e-12)
 
 
 def _links(g: _Grid, cut_angle: float):
@@ -170,8 +182,9 @@ def _links(g: _Grid, cut_angle: float):
                              pout_i / np.maximum(pout_i - pout_j, 1e-12))
             theta = np.clip(theta, 1e-3, 1.0)
             kind = np.where(inner, 0, 1)
-            along = sign * g.cut_dir[axis][i_idx]  # cos(link, thickness direction)
-            kind = np.where((kind == 1) & (along < cos_cut), 2, kind)
+            outer = np.flatnonzero(kind == 1)  # cos(link, thickness direction) decides cut faces
+            along = sign * _away_from_blood(g, tuple(c[outer] for c in i_idx))[axis]
+            kind[outer[along < cos_cut]] = 2
             out.append((axis, sign, np.ravel_multi_index(i_idx, shape), theta, kind))
     return out
 
@@ -222,28 +235,29 @@ def _pcg(a: sparse.csr_matrix, b: np.ndarray, d: np.ndarray, x0: np.ndarray | No
     """Conjugate gradients with a Jacobi preconditioner, to ``|b - a x| <= tol |b|``."""
     x = np.zeros_like(b) if x0 is None else x0.copy()
     r = b - a @ x
-    stop = tol * float(np.linalg.norm(b))
-    z = r / d
+    stop2 = (tol * float(np.linalg.norm(b))) ** 2
+    inv_d = 1.0 / d
+    z = r * inv_d
     p = z.copy()
     rz = float(r @ z)
     for it in range(1, max_iter + 1):
-        if float(np.linalg.norm(r)) <= stop:
+        if float(r @ r) <= stop2:
             return x, it - 1
         ap = a @ p
         alpha = rz / float(p @ ap)
         x += alpha * p
         r -= alpha * ap
-        z = r / d
+        np.multiply(r, inv_d, out=z)
         rz_new = float(r @ z)
         p *= rz_new / rz
         p += z
         rz = rz_new
-    if float(np.linalg.norm(r)) <= stop:
+    if float(r @ r) <= stop2:
         return x, max_iter
     raise ThicknessError(f"Laplace solver (cg) did not converge in {max_iter} iterations")
 
 
-def solve_laplace(a: sparse.csr_matrix, b: np.ndarray, solver: str = "cg", tol: float = 1e-8,
+def solve_laplace(a: sparse.csr_matrix, b: np.ndarray, solver: str = "cg", tol: float = 1e-6,
                   max_iter: int = 200000, x0: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Solve ``a x = b`` to relative residual ``tol`` from ``x0`` (zero by default); raises
     ThicknessError if it does not converge within ``max_iter`` iterations."""
@@ -274,27 +288,71 @@ def solve_laplace(a: sparse.csr_matrix, b: np.ndarray, solver: str = "cg", tol: 
 
 
 def _gradient(g: _Grid, u_wall: np.ndarray, nodes: np.ndarray, links) -> np.ndarray:
-    """grad u (per mm) on the box grid; ghost values across the boundaries; extended outside
-    the wall from the nearest wall node."""
+    """grad u (per mm) by central differences at the wall nodes, with ghost values across the
+    boundaries (one-sided at the box's faces); extended two layers outside the wall."""
     shape = g.wall.shape
+    strides = (shape[1] * shape[2], shape[2], 1)
+    coords = np.unravel_index(nodes, shape)
+    number = np.full(g.wall.size, -1, np.int64)
+    number[nodes] = np.arange(len(nodes))
     u = np.zeros(g.wall.size)
     u[nodes] = u_wall
-    up = {}
-    for axis in range(3):
-        for sign in (1, -1):
-            nb = np.roll(u.reshape(shape), -sign, axis=axis).ravel().copy()
-            up[axis, sign] = nb
-    for axis, sign, flat_i, theta, kind in links:
-        ui = u[flat_i]
-        ub = np.where(kind == 0, 0.0, 1.0)
-        ghost = np.where(kind == 2, ui, ui + (ub - ui) / theta)
-        up[axis, sign][flat_i] = ghost
+    ghosts = {(axis, sign): (number[flat_i], np.where(
+        kind == 2, u[flat_i], u[flat_i] + (np.where(kind == 0, 0.0, 1.0) - u[flat_i]) / theta))
+        for axis, sign, flat_i, theta, kind in links}
     grad = np.zeros((3, g.wall.size))
     for axis in range(3):
-        grad[axis] = (up[axis, 1] - up[axis, -1]) / (2 * g.spacing[axis])
-    grad = grad.reshape((3, *shape))
-    _, near = ndimage.distance_transform_edt(~g.wall, sampling=g.spacing, return_indices=True)
-    return grad[(slice(None), *near)]
+        side = {}
+        for sign in (1, -1):
+            c = coords[axis] + sign
+            inside = (c >= 0) & (c < shape[axis])
+            vals = np.where(inside, u[np.where(inside, nodes + sign * strides[axis], nodes)],
+                            u_wall)
+            at, ghost = ghosts[axis, sign]
+            vals[at] = ghost
+            side[sign] = vals
+        grad[axis, nodes] = (side[1] - side[-1]) / (2 * g.spacing[axis])
+    _extend(grad, g.wall, layers=2)
+    return grad.reshape((3, *shape))
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Dilation by the six face neighbours (a cheaper binary_dilation with the default
+    structure)."""
+    out = mask.copy()
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] |= mask[tuple(hi)]
+        out[tuple(hi)] |= mask[tuple(lo)]
+    return out
+
+
+def _extend(values: np.ndarray, known: np.ndarray, layers: int) -> None:
+    """Extend ``values`` (components, flat box) in place from the ``known`` nodes outwards by
+    ``layers`` layers of face neighbours, each new node the mean of its known neighbours.
+    Streamlines sample only within a voxel of the wall (trilinear interpolation), so two
+    layers cover every sample."""
+    shape = known.shape
+    strides = (shape[1] * shape[2], shape[2], 1)
+    known = known.ravel().copy()
+    for _ in range(layers):
+        band = np.flatnonzero(_dilate(known.reshape(shape)).ravel() & ~known)
+        if not len(band):
+            return
+        coords = np.unravel_index(band, shape)
+        acc = np.zeros((values.shape[0], len(band)))
+        count = np.zeros(len(band))
+        for axis in range(3):
+            for sign in (1, -1):
+                c = coords[axis] + sign
+                nb = np.where((c >= 0) & (c < shape[axis]), band + sign * strides[axis], band)
+                use = known[nb]
+                acc += values[:, nb] * use
+                count += use
+        values[:, band] = acc / np.maximum(count, 1)
+        known[band] = True
 
 
 def _start_points(links, shape) -> np.ndarray:
@@ -309,13 +367,25 @@ def _start_points(links, shape) -> np.ndarray:
 
 
 def _sampler(fields: list[np.ndarray]):
-    """Linear interpolation of several grids at index-space points ``(n, 3)``."""
-    fields = [np.ascontiguousarray(f, dtype=np.float32) for f in fields]
+    """Trilinear interpolation of several grids at index-space points ``(n, 3)``, clamped to
+    the grid; all fields are gathered at once from one ``(voxels, fields)`` table."""
+    shape = np.asarray(fields[0].shape)
+    table = np.stack([np.asarray(f, np.float32).ravel() for f in fields], axis=1)
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    corners = [(dz, dy, dx) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
 
     def sample(pts: np.ndarray) -> np.ndarray:
-        coords = pts.T
-        return np.stack([ndimage.map_coordinates(f, coords, order=1, mode="nearest")
-                         for f in fields], axis=1)
+        p = np.clip(pts, 0, shape - 1)
+        base = np.minimum(np.floor(p).astype(np.int64), shape - 2)
+        hi = (p - base).astype(np.float32)
+        lo = 1.0 - hi
+        flat = base @ strides
+        out = np.zeros((len(p), table.shape[1]), np.float32)
+        for dz, dy, dx in corners:
+            w = ((hi if dz else lo)[:, 0] * (hi if dy else lo)[:, 1] * (hi if dx else lo)[:, 2])
+            out += w[:, None] * np.take(table, flat + (dz * strides[0] + dy * strides[1] + dx),
+                                        axis=0)
+        return out
 
     return sample
 
@@ -326,32 +396,30 @@ def _streamlines(g: _Grid, grad: np.ndarray, starts: np.ndarray, step_mm: float,
     sp = g.spacing
     field = _sampler([grad[0], grad[1], grad[2], g.phi_in])
 
-    def velocity(p):
-        v = -field(p)[:, :3]
+    def velocity(f):
+        v = -f[:, :3].astype(np.float64)
         v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return v / sp  # index units per mm travelled
 
+    length = np.full(len(starts), np.nan)
+    todo = np.arange(len(starts))  # the streamlines still travelling
     pos = starts.copy()
-    length = np.zeros(len(pos))
-    done = np.zeros(len(pos), bool)
-    phi_prev = field(pos)[:, 3]
+    travelled = np.zeros(len(starts))
+    here = field(pos)  # the field at the current positions, reused as the next step's k1
     h = step_mm
     for _ in range(int(np.ceil(max_mm / h))):
-        act = np.flatnonzero(~done)
-        if not len(act):
+        if not len(todo):
             break
-        p = pos[act]
-        k1 = velocity(p)  # Heun's method (second order): the field is smooth on this scale
-        k2 = velocity(p + h * k1)
-        new = p + 0.5 * h * (k1 + k2)
-        phi_new = field(new)[:, 3]
+        k1 = velocity(here)  # Heun's method (second order): the field is smooth on this scale
+        k2 = velocity(field(pos + h * k1))
+        new = pos + 0.5 * h * (k1 + k2)
+        there = field(new)
+        phi_prev, phi_new = here[:, 3], there[:, 3]
         hit = phi_new >= 0
-        frac = np.where(hit, -phi_prev[act] / np.maximum(phi_new - phi_prev[act], 1e-12), 1.0)
-        length[act] += h * np.clip(frac, 0.0, 1.0)
-        pos[act] = new
-        phi_prev[act] = phi_new
-        done[act[hit]] = True
-    length[~done] = np.nan
+        frac = np.clip(-phi_prev[hit] / np.maximum(phi_new[hit] - phi_prev[hit], 1e-12), 0, 1)
+        length[todo[hit]] = travelled[hit] + h * frac
+        go = ~hit
+        todo, pos, here, travelled = todo[go], new[go], there[go], travelled[go] + h
     return length
 
 
@@ -423,7 +491,7 @@ def _pde_lengths(g: _Grid, grad: np.ndarray, nodes: np.ndarray, links, tol: floa
 
 
 def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str = "streamline",
-                   solver: str = "cg", tol: float = 1e-8, sigma_vox: float = 1.2,
+                   solver: str = "cg", tol: float = 1e-6, sigma_vox: float = 1.2,
                    cut_angle: float = 60.0, step_mm: float | None = None) -> ThicknessResult:
     """Wall thickness of the myocardium (label 2) of one 3D label map ``(z, y, x)``.
 
@@ -452,7 +520,7 @@ def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str =
     grad = _gradient(g, u, nodes, links)
     starts = _start_points(links, g.wall.shape)
     if method == "streamline":
-        h = step_mm if step_mm is not None else 0.5 * float(sp.min())
+        h = step_mm if step_mm is not None else float(sp.min())
         span = float(np.linalg.norm(np.asarray(g.wall.shape) * sp))
         values = _streamlines(g, grad, starts, h, max_mm=span)
     else:
