@@ -49,6 +49,12 @@ class ArtifactError(LvtlError):
     exit_code = 7
 
 
+class TrainError(LvtlError):
+    """Training that cannot go on (non-finite loss, out of memory, no usable case)."""
+
+    exit_code = 8
+
+
 class SeriesProblems(DicomError):
     """Several problems found in one DICOM series; ``problems`` lists each as one line."""
 

@@ -1,0 +1,106 @@
+"""Inference with the 4D network: sliding windows over space, cyclic windows over time.
+
+The network sees ``crop`` = ``(t, z, y, x)`` at a time, as in training. Space is tiled with
+windows overlapping by ``overlap`` (uniform weights; the volume is padded with air where it is
+smaller than a window). Time is cyclic (the cardiac cycle): to label chosen phases, each gets a
+window of ``t`` phases centred on it; to label every phase, windows start every ``t // 2``
+phases round the cycle. Class scores (softmax) of overlapping windows are averaged, then the
+label is the most probable class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lvtl.data import HU_WINDOW, normalize_hu
+from lvtl.metrics import case_dice
+
+
+def _starts(n: int, w: int, overlap: float) -> list[int]:
+    if n <= w:
+        return [0]
+    step = max(1, int(round(w * (1.0 - overlap))))
+    return sorted(set(list(range(0, n - w, step)) + [n - w]))
+
+
+def _time_windows(t_all: int, ct: int, phases: Sequence[int] | None) -> list[np.ndarray]:
+    ct = min(ct, t_all)
+    if phases is not None:
+        return [(int(p) - ct // 2 + np.arange(ct)) % t_all for p in phases]
+    step = max(1, ct // 2)
+    return [(s + np.arange(ct)) % t_all for s in range(0, t_all, step)]
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int],
+                  device: str | torch.device = "cpu", phases: Sequence[int] | None = None,
+                  overlap: float = 0.25, bf16: bool = False) -> tuple[np.ndarray, list[int]]:
+    """Class probabilities ``(K, len(phases), z, y, x)`` for ``phases`` (all by default) of a
+    ``(t, z, y, x)`` HU image; returns them with the phase list."""
+    device = torch.device(device)
+    model.eval()
+    t_all, *shape = image.shape
+    ct, *cs = (int(c) for c in crop)
+    wanted = list(range(t_all)) if phases is None else [int(p) for p in phases]
+    slot = {p: i for i, p in enumerate(wanted)}
+    padded = [max(n, c) for n, c in zip(shape, cs, strict=True)]
+    acc = None
+    weight = np.zeros((len(wanted), *padded), np.float32)
+    for times in _time_windows(t_all, ct, None if phases is None else wanted):
+        sel = [(k, slot[int(t)]) for k, t in enumerate(times) if int(t) in slot]
+        if not sel:
+            continue
+        block = np.full((len(times), *padded), HU_WINDOW[0], np.float32)
+        block[(slice(None), *[slice(0, n) for n in shape])] = image[times]
+        block = normalize_hu(block)
+        for z in _starts(padded[0], cs[0], overlap):
+            for y in _starts(padded[1], cs[1], overlap):
+                for x in _starts(padded[2], cs[2], overlap):
+                    win = (slice(z, z + cs[0]), slice(y, y + cs[1]), slice(x, x + cs[2]))
+                    inp = torch.from_numpy(block[(slice(None), *win)][None, None]).to(device)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        out = model(inp)
+                    prob = torch.softmax(out.float(), dim=1)[0].cpu().numpy()
+                    if acc is None:
+                        acc = np.zeros((prob.shape[0], len(wanted), *padded), np.float32)
+                    for k, s in sel:
+                        acc[(slice(None), s, *win)] += prob[:, k]
+                        weight[(s, *win)] += 1.0
+    acc /= np.maximum(weight, 1e-6)[None]
+    return acc[(slice(None), slice(None), *[slice(0, n) for n in shape])], wanted
+
+
+def predict_labels(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int],
+                   device: str | torch.device = "cpu", phases: Sequence[int] | None = None,
+                   **kw) -> tuple[np.ndarray, list[int]]:
+    """Label maps ``(len(phases), z, y, x)`` uint8 (0, 1, 2) and the phase list."""
+    prob, wanted = predict_proba(model, image, crop, device, phases, **kw)
+    return prob.argmax(axis=0).astype(np.uint8), wanted
+
+
+def evaluate_dice(model: torch.nn.Module, cases: list, crop: Sequence[int],
+                  device: str | torch.device = "cpu") -> float:
+    """Mean over cases of the mean blood-pool and LVM Dice at each case's labelled phases."""
+    scores = []
+    for c in cases:
+        phases = np.flatnonzero(c.labelled).tolist()
+        if not phases:
+            continue
+        pred, _ = predict_labels(model, np.asarray(c.image), crop, device, phases)
+        d = [case_dice(pred[i], np.asarray(c.label[p])) for i, p in enumerate(phases)]
+        scores.append(np.mean([[x["blood_pool"], x["lvm"]] for x in d]))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def write_prediction(out_dir: str | Path, labels: np.ndarray, phases: Sequence[int],
+                     geometry) -> list[Path]:
+    """One NIfTI label map per phase, ``phase_NN.nii.gz`` (atomic writes)."""
+    from lvtl.nifti import write_volume
+
+    out = Path(out_dir)
+    return [write_volume(out / f"phase_{p:02d}.nii.gz", labels[i], geometry)
+            for i, p in enumerate(phases)]
