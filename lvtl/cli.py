@@ -392,7 +392,14 @@ def artifact_verify(
                                                      "min_version.")] = None,
 ) -> None:
     """Verify an artifact against pinned keys; exit 0 with a summary, or 7 with the reason."""
-    from lvtl.artifact import TrustStore, verify
+    from lvtl.artifact import verify
+
+    typer.echo(verify(artifact, _trust_store(trust, revoked, min_version, config)).summary())
+
+
+def _trust_store(trust: Path | None, revoked, min_version: str | None, config: Path | None):
+    """Pinned keys from ``--trust`` or a site config's [trust] section, plus revocations."""
+    from lvtl.artifact import TrustStore
     from lvtl.config import load_site_config
     from lvtl.errors import ConfigError
 
@@ -402,9 +409,129 @@ def artifact_verify(
     store = (TrustStore.from_path(trust) if trust is not None
              else TrustStore.from_site_config(site))
     rev = set(revoked or ()) | set(site.revoked_keys if site else ())
-    store = TrustStore(keys=store.keys, revoked=frozenset(rev),
-                       min_version=min_version or (site.min_artifact_version if site else None))
-    typer.echo(verify(artifact, store).summary())
+    return TrustStore(keys=store.keys, revoked=frozenset(rev),
+                      min_version=min_version or (site.min_artifact_version if site else None))
+
+
+# --------------------------------------------------------------------------- train, study
+def _ints(text: str, name: str, n: int | None = None) -> tuple[int, ...]:
+    from lvtl.errors import ConfigError
+
+    try:
+        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{name}: expected comma-separated integers, got {text!r}") from None
+    if not vals or (n is not None and len(vals) != n) or min(vals) < 1:
+        raise ConfigError(f"--{name}: expected {n or 'some'} positive integers, got {text!r}")
+    return vals
+
+
+@app.command()
+def train(
+    cache: Annotated[Path, typer.Argument(help="Cache folder of preprocessed cases "
+                                               "(lvtl preprocess).")],
+    out: Annotated[Path, typer.Option(help="Run folder: best.pt, last.pt, history.json.")],
+    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 500).")] = 500,
+    samples_per_epoch: Annotated[int, typer.Option(help="Crops per epoch (0: one per "
+                                                        "training case).")] = 0,
+    crop: Annotated[str, typer.Option(help="Crop t,z,y,x (the paper: 16,64,96,96).")]
+    = "16,64,96,96",
+    filters: Annotated[int, typer.Option(help="Filters at the first level (the paper: 8).")] = 8,
+    blocks: Annotated[str, typer.Option(help="Residual blocks per level (the paper: 1,2,4).")]
+    = "1,2,4",
+    downsample: Annotated[int, typer.Option(help="Train at this multiple of the 1 mm grid "
+                                                 "(2 for a CPU demo).")] = 1,
+    lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 1e-3,
+    init: Annotated[str, typer.Option(help="default (Kaiming) or normal (the paper's "
+                                           "N(0, 1)).")] = "default",
+    seed: Annotated[int, typer.Option(help="Seed of split, crops and weights.")] = 0,
+    val_every: Annotated[int, typer.Option(help="Epochs between validations.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    bf16: Annotated[bool, typer.Option(help="bfloat16 autocast (GPU).")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile (GPU).")]
+    = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the 4D model on a site's cases (Site 1: dense labels) from random initialisation;
+    writes the checkpoint that `lvtl artifact sign` takes and prints its path. Rerun to
+    resume after an interruption."""
+    from lvtl.data import split_cases
+    from lvtl.errors import ConfigError
+    from lvtl.model import LVNet4d
+    from lvtl.study import load_site_cases
+    from lvtl.train import TrainConfig, init_weights
+    from lvtl.train import train as run_train
+
+    cases, excluded = load_site_cases(cache, downsample)
+    for cid, why in excluded.items():
+        _err(f"{cid}: {why}; excluded")
+    if len(cases) < 2:
+        raise ConfigError(f"{cache}: {len(cases)} usable case(s); training needs at least 2")
+    split = split_cases([c.case_id for c in cases], seed=seed) if len(cases) >= 3 else None
+    val_ids = set(split.val) if split else {cases[-1].case_id}
+    model = LVNet4d(init_filters=filters, blocks_down=_ints(blocks, "blocks"),
+                    groups=min(8, filters))
+    init_weights(model, init, seed)
+    cfg = TrainConfig(epochs=epochs, samples_per_epoch=samples_per_epoch,
+                      crop=_ints(crop, "crop", 4), lr=lr, seed=seed, val_every=val_every,
+                      device=device, bf16=bf16, compile=compile_model, progress=progress)
+    meta = {"provenance": {"cases": len(cases), "downsample": downsample, "seed": seed,
+                           "epochs": epochs}}
+    res = run_train(model, [c for c in cases if c.case_id not in val_ids],
+                    [c for c in cases if c.case_id in val_ids], cfg, out, meta=meta,
+                    log_fn=typer.echo)
+    (Path(out) / "history.json").write_text(json.dumps(res.history, indent=1) + "\n")
+    typer.echo(f"best validation Dice {res.best_val_dice:.3f} at epoch {res.best_epoch}; "
+               f"{res.seconds:.0f} s; crops took {100 * res.loading_share:.1f}% of step time")
+    typer.echo(str(res.best_path))
+
+
+@app.command()
+def study(
+    cache: Annotated[Path, typer.Argument(help="Cache folder of this site's preprocessed "
+                                               "cases.")],
+    model: Annotated[Path, typer.Option(help="The Site-1 model: a signed artifact folder "
+                                             "(verified with --trust or --config) or a "
+                                             "checkpoint from lvtl train.")],
+    out: Annotated[Path, typer.Option(help="Study folder: results.json and the runs.")],
+    trust: Annotated[Path | None, typer.Option(help="Trusted public key file or folder.")]
+    = None,
+    config: Annotated[Path | None, typer.Option(help="Site TOML config ([trust]).")] = None,
+    arms: Annotated[str, typer.Option(help="Arms: baseline,random,transfer.")]
+    = "baseline,random,transfer",
+    sizes: Annotated[str, typer.Option(help="Training sizes.")] = "5,10,15,20,25,30",
+    epochs: Annotated[int, typer.Option(help="Epochs per training run.")] = 500,
+    samples_per_epoch: Annotated[int, typer.Option(help="Crops per epoch (0: one per "
+                                                        "case).")] = 0,
+    crop: Annotated[str, typer.Option(help="Crop t,z,y,x.")] = "16,64,96,96",
+    downsample: Annotated[int, typer.Option(help="Study at this multiple of the 1 mm grid; "
+                                                 "must match the model's training.")] = 1,
+    init: Annotated[str, typer.Option(help="Random arm init: default or normal.")]
+    = "default",
+    seed: Annotated[int, typer.Option(help="Seed of training.")] = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the split and subsets.")] = 0,
+    val_every: Annotated[int, typer.Option(help="Epochs between validations.")] = 1,
+    site: Annotated[str, typer.Option(help="Site name in the results.")] = "site",
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
+) -> None:
+    """The transfer-learning study at one site: baseline, random and transfer arms at nested
+    training sizes, evaluated on the test split; writes results.json (metrics only)."""
+    from lvtl.study import Protocol, load_site_cases, load_source, run_study
+
+    store = (_trust_store(trust, None, None, config)
+             if trust is not None or config is not None else None)
+    state, source_config = load_source(model, store)
+    protocol = Protocol(arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
+                        sizes=_ints(sizes, "sizes"), epochs=epochs,
+                        samples_per_epoch=samples_per_epoch, crop=_ints(crop, "crop", 4),
+                        seed=seed, split_seed=split_seed, init=init, val_every=val_every,
+                        downsample=downsample, device=device)
+    protocol.check()
+    cases, excluded = load_site_cases(cache, downsample)
+    run_study(cases, state, source_config, protocol, out, site=site, excluded=excluded,
+              progress=progress, say=typer.echo)
+    typer.echo(str(Path(out) / "results.json"))
 
 
 # --------------------------------------------------------------------------- demo

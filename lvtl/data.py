@@ -77,6 +77,17 @@ def nested_subsets(train: Sequence[str], sizes: Sequence[int] = PAPER_SIZES,
     return out
 
 
+def ed_es(label: np.ndarray, labelled: np.ndarray) -> dict[str, int]:
+    """End-diastole and end-systole among the labelled phases of ``label`` ``(t, z, y, x)``:
+    the phases with the largest and the smallest blood pool (label 1)."""
+    phases = np.flatnonzero(labelled)
+    if not len(phases):
+        raise ConfigError("no labelled phase")
+    volumes = [int(np.count_nonzero(np.asarray(label[p]) == 1)) for p in phases]
+    return {"ED": int(phases[int(np.argmax(volumes))]),
+            "ES": int(phases[int(np.argmin(volumes))])}
+
+
 # --------------------------------------------------------------------------- crops
 HU_WINDOW = (-200.0, 800.0)
 

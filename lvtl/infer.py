@@ -1,8 +1,10 @@
 """Inference with the 4D network: sliding windows over space, cyclic windows over time.
 
-The network sees ``crop`` = ``(t, z, y, x)`` at a time, as in training. Space is tiled with
-windows overlapping by ``overlap`` (uniform weights; the volume is padded with air where it is
-smaller than a window). Time is cyclic (the cardiac cycle): to label chosen phases, each gets a
+The network sees ``crop[0]`` phases at a time, as in training. Being fully convolutional, it
+takes the whole volume in one window when that holds at most ``max_voxels`` voxels (no seams,
+far fewer calls); otherwise space is tiled with ``crop``-sized windows overlapping by
+``overlap`` (uniform weights; the volume is padded with air where it is smaller than a
+window). Time is cyclic (the cardiac cycle): to label chosen phases, each gets a
 window of ``t`` phases centred on it; to label every phase, windows start every ``t // 2``
 phases round the cycle. Class scores (softmax) of overlapping windows are averaged, then the
 label is the most probable class.
@@ -38,13 +40,16 @@ def _time_windows(t_all: int, ct: int, phases: Sequence[int] | None) -> list[np.
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int],
                   device: str | torch.device = "cpu", phases: Sequence[int] | None = None,
-                  overlap: float = 0.25, bf16: bool = False) -> tuple[np.ndarray, list[int]]:
+                  overlap: float = 0.25, bf16: bool = False,
+                  max_voxels: int = 2**23) -> tuple[np.ndarray, list[int]]:
     """Class probabilities ``(K, len(phases), z, y, x)`` for ``phases`` (all by default) of a
     ``(t, z, y, x)`` HU image; returns them with the phase list."""
     device = torch.device(device)
     model.eval()
     t_all, *shape = image.shape
     ct, *cs = (int(c) for c in crop)
+    if min(ct, t_all) * int(np.prod(shape)) <= max_voxels:
+        cs = [max(c, n) for c, n in zip(cs, shape, strict=True)]  # one window: the volume
     wanted = list(range(t_all)) if phases is None else [int(p) for p in phases]
     slot = {p: i for i, p in enumerate(wanted)}
     padded = [max(n, c) for n, c in zip(shape, cs, strict=True)]
@@ -84,12 +89,15 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int
 
 def evaluate_dice(model: torch.nn.Module, cases: list, crop: Sequence[int],
                   device: str | torch.device = "cpu") -> float:
-    """Mean over cases of the mean blood-pool and LVM Dice at each case's labelled phases."""
+    """Mean over cases of the mean blood-pool and LVM Dice at each case's ED and ES (the
+    labelled phases with the largest and smallest blood pool)."""
+    from lvtl.data import ed_es
+
     scores = []
     for c in cases:
-        phases = np.flatnonzero(c.labelled).tolist()
-        if not phases:
+        if not np.asarray(c.labelled).any():
             continue
+        phases = sorted(set(ed_es(c.label, c.labelled).values()))
         pred, _ = predict_labels(model, np.asarray(c.image), crop, device, phases)
         d = [case_dice(pred[i], np.asarray(c.label[p])) for i, p in enumerate(phases)]
         scores.append(np.mean([[x["blood_pool"], x["lvm"]] for x in d]))

@@ -41,3 +41,22 @@ def make_case(case_id: str, seed: int, t: int = 4, n: int = 24, labelled=(0, 2),
     mask[list(labelled)] = True
     label[~mask] = 0  # unlabelled phases carry no label (the mask says so)
     return Case(case_id, image, label, mask)
+
+
+def write_cache(case: Case, root) -> None:
+    """Store ``case`` as an lvtl case cache (the layout ``lvtl preprocess`` writes)."""
+    import json
+    from pathlib import Path
+
+    from lvtl.geometry import Geometry
+    from lvtl.preprocess import CACHE_SCHEMA
+
+    d = Path(root) / case.case_id
+    d.mkdir(parents=True)
+    np.save(d / "image.npy", case.image)
+    np.save(d / "label.npy", case.label)
+    np.save(d / "labelled.npy", case.labelled)
+    geom = Geometry(case.image.shape[1:], (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                    ((1.0, 0, 0), (0, 1.0, 0), (0, 0, 1.0)))
+    (d / "meta.json").write_text(json.dumps({"schema": CACHE_SCHEMA, "case_id": case.case_id,
+                                             "geometry": geom.to_dict()}))
