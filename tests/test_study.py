@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from synthetic4d import make_case, write_cache
 
 from lvtl.cli import app
 from lvtl.errors import ArtifactError, ConfigError
 from lvtl.model import LVNet4d
 from lvtl.study import Protocol, run_study, summarize_run
-from lvtl.train import TrainConfig, init_weights, model_checkpoint, train
-
-from synthetic4d import make_case, write_cache
+from lvtl.train import TrainConfig, init_weights, train
 
 CROP = (4, 16, 16, 16)
 
