@@ -486,6 +486,69 @@ def train(
     typer.echo(str(res.best_path))
 
 
+def _phase_list(text: str, n: int) -> list[int]:
+    from lvtl.errors import ConfigError
+
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--phases: expected 'all' or 0-based phases, got {text!r}") from None
+    if not vals or min(vals) < 0 or max(vals) >= n:
+        raise ConfigError(f"--phases {text!r}: the series has phases 0 to {n - 1}")
+    return vals
+
+
+@app.command()
+def infer(
+    case: Annotated[Path, typer.Argument(help="Case folder (dicom/, optional labels/).")],
+    model: Annotated[Path, typer.Option(help="Signed artifact folder (with --trust or "
+                                             "--config) or a checkpoint from lvtl train.")],
+    out: Annotated[Path, typer.Option(help="Output folder: nifti/phase_NN.nii.gz and "
+                                           "seg/phase_NN.dcm.")],
+    trust: Annotated[Path | None, typer.Option(help="Trusted public key file or folder.")]
+    = None,
+    config: Annotated[Path | None, typer.Option(help="Site TOML config ([trust]).")] = None,
+    phases: Annotated[str, typer.Option(help="all, or comma-separated 0-based phases.")]
+    = "all",
+    crop: Annotated[str, typer.Option(help="Window t,z,y,x (the model's training crop).")]
+    = "16,64,96,96",
+    seg: Annotated[bool, typer.Option(help="Also write DICOM SEG per phase.")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Segment every (or the chosen) phase of a case: NIfTI label maps on the 1 mm grid and
+    DICOM SEG objects referencing the source series, for a viewer."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from lvtl.dicom import scan_series
+    from lvtl.infer import predict_labels, write_dicom_seg, write_prediction
+    from lvtl.preprocess import PreprocessConfig, load_cached, preprocess_case
+    from lvtl.study import build_model, load_source
+
+    store = (_trust_store(trust, None, None, config)
+             if trust is not None or config is not None else None)
+    state, source_config = load_source(model, store)
+    net = build_model(source_config)
+    net.load_state_dict(state)
+    with tempfile.TemporaryDirectory() as tmp:
+        preprocess_case(case, tmp, PreprocessConfig(), force=True)
+        cached = load_cached(Path(tmp) / case.name)
+        n = cached.image.shape[0]
+        wanted = None if phases == "all" else _phase_list(phases, n)
+        with torch.inference_mode():
+            labels, done = predict_labels(net, np.asarray(cached.image), _ints(crop, "crop", 4),
+                                          device, wanted)
+        paths = write_prediction(out / "nifti", labels, done, cached.geometry)
+        if seg:
+            index = scan_series(case / "dicom")
+            for i, p in enumerate(done):
+                paths.append(write_dicom_seg(out / "seg" / f"phase_{p:02d}.dcm", labels[i],
+                                             cached.geometry, index, p))
+    typer.echo(f"{case.name}: {len(done)} phase(s) segmented; {len(paths)} file(s) in {out}")
+
+
 @app.command()
 def study(
     cache: Annotated[Path, typer.Argument(help="Cache folder of this site's preprocessed "

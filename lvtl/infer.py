@@ -112,3 +112,60 @@ def write_prediction(out_dir: str | Path, labels: np.ndarray, phases: Sequence[i
     out = Path(out_dir)
     return [write_volume(out / f"phase_{p:02d}.nii.gz", labels[i], geometry)
             for i, p in enumerate(phases)]
+
+
+
+def write_dicom_seg(path: str | Path, labels: np.ndarray, label_geometry, index, phase: int,
+                    *, series_number: int = 900, algorithm_version: str = "1") -> Path:
+    """One phase's label map as a DICOM Segmentation (highdicom) referencing the source CT
+    images of that phase, so a viewer overlays it on the series.
+
+    ``labels`` ``(z, y, x)`` lies on ``label_geometry`` (for example the 1 mm cache grid); it is
+    resampled to the source grid (nearest neighbour) first. ``index`` is the source series'
+    :class:`lvtl.dicom.SeriesIndex`. Written atomically; returns the path.
+    """
+    import highdicom as hd
+    import pydicom
+    from highdicom.sr.coding import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    from lvtl.preprocess import resample_labels
+
+    src = index.geometry
+    on_src = labels if label_geometry == src else resample_labels(
+        np.asarray(labels, np.uint8), label_geometry, src, mode="nearest")
+    sources = [pydicom.dcmread(sl.path, stop_before_pixels=False) for sl in index.phases[phase]]
+    tissue = CodedConcept("85756007", "SCT", "Tissue")
+    algo = hd.AlgorithmIdentificationSequence(
+        name="lvtl LVNet4d", version=algorithm_version,
+        family=codes.cid7162.ArtificialIntelligence)
+    described = [
+        hd.seg.SegmentDescription(
+            segment_number=1, segment_label="LV blood pool",
+            segmented_property_category=tissue,
+            segmented_property_type=CodedConcept("53085002", "SCT",
+                                                 "Left ventricular cavity"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo),
+        hd.seg.SegmentDescription(
+            segment_number=2, segment_label="LV myocardium",
+            segmented_property_category=tissue,
+            segmented_property_type=CodedConcept("87878005", "SCT",
+                                                 "Left ventricle myocardium"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo),
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=np.ascontiguousarray(on_src, np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=described, series_instance_uid=hd.UID(), series_number=series_number,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lvtl",
+        manufacturer_model_name="LVNet4d", software_versions=algorithm_version,
+        device_serial_number="0", series_description=f"lvtl LV segmentation, phase {phase}",
+        omit_empty_frames=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    seg.save_as(tmp)
+    tmp.replace(path)
+    return path

@@ -204,7 +204,7 @@ def load_source(path: str | Path, trust=None) -> tuple[dict, dict]:
     return state, config
 
 
-def _build_model(source: dict) -> torch.nn.Module:
+def build_model(source: dict) -> torch.nn.Module:
     from lvtl.model import LVNet4d
 
     arch = source["architecture"]
@@ -250,12 +250,12 @@ def run_study(cases: list, source_state: dict, source_config: dict, protocol: Pr
             f"{run['dice']['blood_pool']['mean']:.3f}, LVM {run['dice']['lvm']['mean']:.3f}")
 
     if "baseline" in protocol.arms:
-        model = _build_model(source_config)
+        model = build_model(source_config)
         model.load_state_dict(source_state)
         evaluate(model, "baseline", 0, {})
     for size, ids in subsets.items():
         for arm in [a for a in ("random", "transfer") if a in protocol.arms]:
-            model = _build_model(source_config)
+            model = build_model(source_config)
             if arm == "transfer":
                 model.load_state_dict(source_state)
             else:
