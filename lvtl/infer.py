@@ -1,12 +1,14 @@
 """Inference with the 4D network: sliding windows over space, cyclic windows over time.
 
-The network sees ``crop[0]`` phases at a time, as in training. Being fully convolutional, it
-takes the whole volume in one window when that holds at most ``max_voxels`` voxels (no seams,
-far fewer calls); otherwise space is tiled with ``crop``-sized windows overlapping by
-``overlap`` (uniform weights; the volume is padded with air where it is smaller than a
-window). Time is cyclic (the cardiac cycle): to label chosen phases, each gets a
-window of ``t`` phases centred on it; to label every phase, windows start every ``t // 2``
-phases round the cycle. Class scores (softmax) of overlapping windows are averaged, then the
+The network sees ``crop`` = ``(t, z, y, x)`` at a time, as in training: space is tiled with
+``crop``-sized windows overlapping by ``overlap`` (uniform weights; the volume is padded with
+air where it is smaller than a window). Windows of the training size matter: GroupNorm
+normalises over the window, and a whole-volume window (mostly background) shifts those
+statistics; on the synthetic test cases it lowered the validation Dice from 0.34 to 0.21.
+``max_voxels`` allows one whole-volume window up to that size where speed matters more.
+
+Time is cyclic (the cardiac cycle): to label chosen phases, each gets a window of ``t`` phases
+centred on it; to label every phase, windows start every ``t // 2`` phases round the cycle. Class scores (softmax) of overlapping windows are averaged, then the
 label is the most probable class.
 """
 
@@ -41,7 +43,7 @@ def _time_windows(t_all: int, ct: int, phases: Sequence[int] | None) -> list[np.
 def predict_proba(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int],
                   device: str | torch.device = "cpu", phases: Sequence[int] | None = None,
                   overlap: float = 0.25, bf16: bool = False,
-                  max_voxels: int = 2**23) -> tuple[np.ndarray, list[int]]:
+                  max_voxels: int = 0) -> tuple[np.ndarray, list[int]]:
     """Class probabilities ``(K, len(phases), z, y, x)`` for ``phases`` (all by default) of a
     ``(t, z, y, x)`` HU image; returns them with the phase list."""
     device = torch.device(device)

@@ -98,6 +98,11 @@ class TrainConfig:
             raise ConfigError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
 
 
+#: Settings a resumed run must share with the interrupted one.
+RESUME_KEYS = ("epochs", "samples_per_epoch", "batch_size", "lr_decay", "foreground",
+               "augment_intensity", "augment_noise", "seed")
+
+
 @dataclass
 class TrainResult:
     best_path: Path
@@ -201,8 +206,18 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
     opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr(transfer))
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.resolved_decay_every(), cfg.lr_decay)
     start, best, best_epoch, history = 0, -1.0, -1, []
+    settings = {k: getattr(cfg, k) for k in RESUME_KEYS}
+    settings["lr"] = cfg.resolved_lr(transfer)
+    settings["decay_every"] = cfg.resolved_decay_every()
+    settings["crop"] = list(cfg.crop)
     if last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
+        changed = [f"{k}={state.get('settings', {}).get(k)!r} (now {v!r})"
+                   for k, v in settings.items() if state.get("settings", {}).get(k) != v]
+        if changed:
+            raise ConfigError(f"{last_path} was written with other settings: "
+                              + ", ".join(changed) + "; rerun with the same settings to "
+                              "resume, or use a new output folder")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -253,7 +268,8 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
             best, best_epoch = row["val_dice"], epoch + 1
             _atomic_save(model_checkpoint(model, cfg, {**(meta or {}), "metrics": {
                 "best_epoch": best_epoch, "val_dice": best}}), best_path)
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+        _atomic_save({"settings": settings, "model": model.state_dict(),
+                      "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                       "best_epoch": best_epoch, "history": history}, last_path)
         bar(row)

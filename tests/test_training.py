@@ -59,27 +59,17 @@ def test_interrupted_training_resumes_to_the_same_weights(cases, tmp_path):
     whole = tiny_model()
     train(whole, cases[:3], cases[3:], cfg(epochs=4), tmp_path / "whole")
 
-    class Stop(Exception):
-        pass
-
     part = tiny_model()
-    calls = {"n": 0}
-    real = torch.optim.Adam.step
-
-    def interrupt(self, *a, **k):  # a crash in the third epoch's second step
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise Stop
-        return real(self, *a, **k)
-
-    torch.optim.Adam.step = interrupt
+    undo = _interrupt_after(10)  # a crash in the third epoch's second step
     try:
-        with pytest.raises(Stop):
+        with pytest.raises(KeyboardInterrupt):
             train(part, cases[:3], cases[3:], cfg(epochs=4), tmp_path / "part")
     finally:
-        torch.optim.Adam.step = real
+        undo()
     state = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
     assert state["epoch"] == 1  # two epochs (0 and 1) were complete
+    with pytest.raises(ConfigError, match="epochs=4 \\(now 6\\)"):
+        train(tiny_model(), cases[:3], cases[3:], cfg(epochs=6), tmp_path / "part")
     resumed = tiny_model(seed=5)  # different start weights: all must come from the checkpoint
     res = train(resumed, cases[:3], cases[3:], cfg(epochs=4), tmp_path / "part")
     assert res.epochs_run == 2
@@ -88,24 +78,47 @@ def test_interrupted_training_resumes_to_the_same_weights(cases, tmp_path):
         assert torch.equal(v, w), k
 
 
+def _interrupt_after(steps):
+    """Patch Adam.step to raise on call ``steps`` (a crash mid-training); returns undo."""
+    real = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == steps:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    torch.optim.Adam.step = step
+    return lambda: setattr(torch.optim.Adam, "step", real)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cases, tmp_path):
-    train(tiny_model(), cases[:3], cases[3:], cfg(epochs=2), tmp_path)
-    good = torch.load(tmp_path / "last.pt", weights_only=False)
     model = tiny_model()
     with torch.no_grad():  # a model whose output is NaN
         model.head[-1].bias.fill_(float("nan"))
-    (tmp_path / "last.pt").rename(tmp_path / "kept.pt")
-    with pytest.raises(TrainError, match="loss is nan"):
+    with pytest.raises(TrainError, match="epoch 1: the loss is nan"):
         train(model, cases[:3], cases[3:], cfg(epochs=3), tmp_path / "fresh")
     assert not (tmp_path / "fresh" / "last.pt").exists()  # nothing written after the NaN
-    (tmp_path / "kept.pt").rename(tmp_path / "last.pt")
-    # resuming from the good checkpoint into a NaN stops there and leaves the checkpoint
+    # two good epochs, then a crash; resuming into NaN data stops at epoch 3 and leaves the
+    # last good checkpoint as it was
+    undo = _interrupt_after(9)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_model(), cases[:3], cases[3:], cfg(epochs=3), tmp_path)
+    finally:
+        undo()
+    good = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert good["epoch"] == 1
     bad = make_case("bad", 7)
     bad.image = bad.image.astype(np.float32)
     bad.image[:] = np.nan
     with pytest.raises(TrainError, match="epoch 3: the loss is nan"):
         train(tiny_model(), [bad], cases[3:], cfg(epochs=3), tmp_path)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == good["epoch"]
+    after = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert after["epoch"] == 1
+    for k, v in good["model"].items():
+        assert torch.equal(v, after["model"][k])
 
 
 def test_cases_without_labels_are_excluded(cases, tmp_path):
