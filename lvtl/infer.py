@@ -8,8 +8,9 @@ statistics; on the synthetic test cases it lowered the validation Dice from 0.34
 ``max_voxels`` allows one whole-volume window up to that size where speed matters more.
 
 Time is cyclic (the cardiac cycle): to label chosen phases, each gets a window of ``t`` phases
-centred on it; to label every phase, windows start every ``t // 2`` phases round the cycle. Class scores (softmax) of overlapping windows are averaged, then the
-label is the most probable class.
+centred on it; to label every phase, windows start every ``t // 2`` phases round the cycle.
+Class scores (softmax) of overlapping windows are averaged, then the label is the most probable
+class.
 """
 
 from __future__ import annotations
