@@ -275,7 +275,7 @@ def run_study(cases: list, source_state: dict, source_config: dict, protocol: Pr
                                         "train_seconds": round(res.seconds, 2)})
     section = {"status": "ok", "reason": "", "n_test": len(test), "n_cases": len(cases),
                "split": {k: len(v) for k, v in split.to_dict().items()},
-               "excluded": skipped, "protocol": protocol.to_dict(), "runs": runs,
+               "excluded": len(skipped), "protocol": protocol.to_dict(), "runs": runs,
                "seconds": round(time.perf_counter() - t_start, 1)}
     doc = {"schema": SCHEMA, "sites": {site: section}}
     _write_json(out / "results.json", doc)

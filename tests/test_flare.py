@@ -1,0 +1,151 @@
+"""The NVFlare job end to end in the real simulator, and the metrics-only filter.
+
+One simulator run with three sites on tiny synthetic DICOM data: site-1 and site-2 run the
+study; site-3's own configuration points at a data folder that does not exist, so it fails
+and the report must show why while the others complete.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lvtl.flare.privacy import check_section
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def good_section(n_test=2):
+    return {"status": "ok", "reason": "", "n_test": n_test, "runs": [{
+        "arm": "transfer", "train_size": 1, "n_test": n_test,
+        "dice": {k: {"mean": 0.8, "max": 0.9, "min": 0.7, "std": 0.1, "n": n_test}
+                 for k in ("blood_pool", "lvm")},
+        "dice_per_case": {k: [0.8] * n_test for k in ("blood_pool", "lvm")},
+        "thickness_r": {p: {s: None for s in ("median", "p95", "max")} for p in ("ED", "ES")}}]}
+
+
+def test_allow_list_passes_metrics_and_blocks_images_and_unknown_fields():
+    assert check_section(good_section()) == []
+    leak = good_section()
+    leak["runs"][0]["dice_per_case"]["lvm"] = np.zeros(64).tolist()  # longer than n_test
+    assert any("longer than the 2 test cases" in p for p in check_section(leak))
+    leak = good_section()
+    leak["image"] = [[0, 1], [2, 3]]
+    assert any("results.image: not an allowed field" in p for p in check_section(leak))
+    leak = good_section()
+    leak["reason"] = b"\x00" * 10
+    assert check_section(leak)
+    leak = good_section()
+    leak["runs"][0]["dice_per_case"]["lvm"] = [[1, 2], [3, 4]]  # nested: an image in disguise
+    assert any("only numbers" in p for p in check_section(leak))
+
+
+def test_result_filter_stops_a_client_that_sends_an_image():
+    from nvflare.apis.dxo import DXO, DataKind, from_shareable
+    from nvflare.apis.fl_context import FLContext
+
+    from lvtl.flare.filters import MetricsOnlyFilter
+
+    image = np.random.default_rng(0).integers(0, 2000, (8, 8, 8)).astype(np.int16)
+    sneaky = good_section()
+    sneaky["runs"][0]["dice_per_case"]["lvm"] = image.ravel().tolist()
+    for data in ({"site": sneaky}, {"site": good_section(), "image": image}):
+        out = MetricsOnlyFilter().process(DXO(DataKind.RAW, data=data).to_shareable(),
+                                          FLContext())
+        sent = from_shareable(out).data
+        assert set(sent) == {"site"} and sent["site"]["status"] == "failed"
+        assert "blocked by the site's privacy filter" in sent["site"]["reason"]
+        assert "image" not in json.dumps(sent["site"]["runs"]) and not sent["site"]["runs"]
+    ok = DXO(DataKind.RAW, data={"site": good_section()}).to_shareable()
+    assert from_shareable(MetricsOnlyFilter().process(ok, FLContext())).data["site"][
+        "status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """Three sites' private folders and configs, keys, and a signed tiny model."""
+    from lvtl.artifact import keygen, sign
+    from lvtl.model import LVNet4d
+    from lvtl.phantom import draw_case, write_case
+    from lvtl.train import TrainConfig, init_weights, model_checkpoint
+
+    root = tmp_path_factory.mktemp("federation")
+    for site in ("site-1", "site-2"):
+        for i in range(3):
+            write_case(draw_case(site, i, seed=0), root / "data" / site)
+    model = LVNet4d(init_filters=4, blocks_down=(1, 1), groups=4)
+    init_weights(model, "default", 0)
+    torch.save(model_checkpoint(model, TrainConfig(crop=(2, 24, 32, 32)), {}), root / "m.pt")
+    keygen(root / "owner-keys")
+    sign(root / "m.pt", root / "owner-keys" / "signing_key.pem", root / "artifact",
+         name="lv4d", version="1.0.0")
+    for site in ("site-1", "site-2", "site-3"):
+        d = root / "sites" / site
+        (d / "trusted").mkdir(parents=True)
+        for pub in (root / "owner-keys").glob("*.pub.pem"):
+            shutil.copy(pub, d / "trusted")
+        (d / "site.toml").write_text(
+            f'[site]\nname = "{site}"\n[data]\nroot = "{root}/data/{site}"\n'
+            f'cache = "{root}/cache/{site}"\n[trust]\nkeys = "trusted"\n')
+    return root
+
+
+def test_simulator_runs_the_study_at_every_site_and_reports(federation, tmp_path):
+    ws = tmp_path / "ws"
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites")}
+    cmd = [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+           str(federation / "artifact"), "--env", "sim", "--clients", "site-1,site-2,site-3",
+           "--workspace", str(ws), "--arms", "baseline,transfer", "--sizes", "1",
+           "--epochs", "1", "--samples-per-epoch", "1", "--crop", "2,24,32,32",
+           "--downsample", "2", "--timeout", "900"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    server = ws / "lvtl_study" / "server"
+    report = json.loads(next(server.rglob("report.json")).read_text())
+    assert report["schema"] == "lvtl.report/1"
+    sites = report["sites"]
+    assert set(sites) == {"site-1", "site-2", "site-3"}
+    for name in ("site-1", "site-2"):
+        sec = sites[name]
+        assert sec["status"] == "ok", sec
+        assert [r["arm"] for r in sec["runs"]] == ["baseline", "transfer"]
+        assert sec["artifact"]["version"] == "1.0.0" and sec["n_test"] == 1
+    assert sites["site-3"]["status"] == "failed"
+    assert "not a folder" in sites["site-3"]["reason"]
+    assert report["summary"]["sites_failed"] == {"site-3": sites["site-3"]["reason"]}
+    md = next(server.rglob("report.md")).read_text()
+    assert "site-3" in md and "## site-1" in md
+    assert next(server.rglob("dice_by_size.png")).stat().st_size > 1000
+    # nothing of the sites' data reached the server: no DICOM, NIfTI, numpy or torch files,
+    # and no weights except the artifact the server itself shipped
+    shipped = (federation / "artifact" / "weights.safetensors").read_bytes()
+    for f in server.rglob("*"):
+        if not f.is_file():
+            continue
+        data = f.read_bytes()
+        assert data[128:132] != b"DICM", f
+        assert not data.startswith((b"\x1f\x8b", b"\x93NUMPY", b"PK\x03\x04")), f
+        if f.suffix == ".safetensors":
+            assert data == shipped, f
+
+
+def test_exported_job_folder_has_the_server_and_site_apps(federation, tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"),
+                          "--artifact", str(federation / "artifact"), "--export",
+                          "--export-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = tmp_path / "lvtl_study"
+    meta = json.loads((job / "meta.json").read_text())
+    assert meta["name"] == "lvtl_study"
+    server_cfg = json.loads(next(job.rglob("config_fed_server.json")).read_text())
+    client_cfg = json.loads(next(job.rglob("config_fed_client.json")).read_text())
+    assert "StudyController" in json.dumps(server_cfg["workflows"])
+    assert "MetricsOnlyFilter" in json.dumps(client_cfg["task_result_filters"])
+    assert next(job.rglob("manifest.json")).is_file()  # the signed model travels in the job
