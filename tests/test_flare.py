@@ -56,13 +56,13 @@ def test_result_filter_stops_a_client_that_sends_an_image():
     sneaky = good_section()
     sneaky["runs"][0]["dice_per_case"]["lvm"] = image.ravel().tolist()
     for data in ({"site": sneaky}, {"site": good_section(), "image": image}):
-        out = MetricsOnlyFilter().process(DXO(DataKind.RAW, data=data).to_shareable(),
+        out = MetricsOnlyFilter().process(DXO(DataKind.WEIGHTS, data=data).to_shareable(),
                                           FLContext())
         sent = from_shareable(out).data
         assert set(sent) == {"site"} and sent["site"]["status"] == "failed"
         assert "blocked by the site's privacy filter" in sent["site"]["reason"]
         assert "image" not in json.dumps(sent["site"]["runs"]) and not sent["site"]["runs"]
-    ok = DXO(DataKind.RAW, data={"site": good_section()}).to_shareable()
+    ok = DXO(DataKind.WEIGHTS, data={"site": good_section()}).to_shareable()
     assert from_shareable(MetricsOnlyFilter().process(ok, FLContext())).data["site"][
         "status"] == "ok"
 
