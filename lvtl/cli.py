@@ -597,6 +597,18 @@ def study(
     typer.echo(str(Path(out) / "results.json"))
 
 
+@app.command()
+def report(
+    results: Annotated[list[Path], typer.Argument(help="Results files (lvtl.report/1): a "
+                                                      "site's results.json or a report.json.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md and plots.")],
+) -> None:
+    """The coordinator's cross-site report from results files; prints report.json's path."""
+    from lvtl.report import merge_results, write_report
+
+    typer.echo(str(write_report(merge_results(results), out)))
+
+
 # --------------------------------------------------------------------------- demo
 @app.command()
 def demo(

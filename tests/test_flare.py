@@ -149,3 +149,24 @@ def test_exported_job_folder_has_the_server_and_site_apps(federation, tmp_path):
     assert "StudyController" in json.dumps(server_cfg["workflows"])
     assert "MetricsOnlyFilter" in json.dumps(client_cfg["task_result_filters"])
     assert next(job.rglob("manifest.json")).is_file()  # the signed model travels in the job
+
+
+def test_report_cli_merges_site_results_and_marks_failures(tmp_path):
+    from typer.testing import CliRunner
+
+    from lvtl.cli import app
+
+    a = {"schema": "lvtl.report/1", "sites": {"site-1": good_section()}}
+    b = {"schema": "lvtl.report/1", "sites": {"site-2": {"status": "failed", "reason":
+                                                         "artifact refused: untrusted key",
+                                                         "n_test": 0, "runs": []}}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                 "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["summary"]["sites_ok"] == ["site-1"]
+    assert rep["summary"]["sites_failed"] == {"site-2": "artifact refused: untrusted key"}
+    assert rep["summary"]["pooled_dice_by_size"]["transfer"]["1"]["n"] == 2  # JSON keys
+    assert "artifact refused" in (tmp_path / "rep" / "report.md").read_text()
