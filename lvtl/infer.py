@@ -118,6 +118,11 @@ def write_prediction(out_dir: str | Path, labels: np.ndarray, phases: Sequence[i
 
 
 
+#: Segment number (= label value), label, SNOMED CT code and meaning.
+SEGMENTS = ((1, "LV blood pool", "53085002", "Left ventricular cavity"),
+            (2, "LV myocardium", "87878005", "Left ventricle myocardium"))
+
+
 def write_dicom_seg(path: str | Path, labels: np.ndarray, label_geometry, index, phase: int,
                     *, series_number: int = 900, algorithm_version: str = "1") -> Path:
     """One phase's label map as a DICOM Segmentation (highdicom) referencing the source CT
@@ -144,20 +149,11 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, label_geometry, index,
         family=codes.cid7162.ArtificialIntelligence)
     described = [
         hd.seg.SegmentDescription(
-            segment_number=1, segment_label="LV blood pool",
-            segmented_property_category=tissue,
-            segmented_property_type=CodedConcept("53085002", "SCT",
-                                                 "Left ventricular cavity"),
+            segment_number=number, segment_label=label, segmented_property_category=tissue,
+            segmented_property_type=CodedConcept(code, "SCT", meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo),
-        hd.seg.SegmentDescription(
-            segment_number=2, segment_label="LV myocardium",
-            segmented_property_category=tissue,
-            segmented_property_type=CodedConcept("87878005", "SCT",
-                                                 "Left ventricle myocardium"),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo),
-    ]
+            algorithm_identification=algo)
+        for number, label, code, meaning in SEGMENTS]
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=np.ascontiguousarray(on_src, np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
