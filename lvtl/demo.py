@@ -56,6 +56,6 @@ def run_demo(out: str | Path, site1_cases: int = 4, site2_cases: int = 6, *, wor
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(path)
-    echo("Not built yet: Site-1 pretraining, the signed artifact, the NVFlare job and its "
-         "report (see the open issues).")
+    echo("Not in the demo yet: Site-1 pretraining, signing and the NVFlare job; they exist as "
+         "`lvtl train`, `lvtl artifact sign` and jobs/lvtl_study/job.py (docs/coordinator.md).")
     return path
