@@ -170,3 +170,17 @@ def test_report_cli_merges_site_results_and_marks_failures(tmp_path):
     assert rep["summary"]["sites_failed"] == {"site-2": "artifact refused: untrusted key"}
     assert rep["summary"]["pooled_dice_by_size"]["transfer"]["1"]["n"] == 2  # JSON keys
     assert "artifact refused" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_project_yml_provisions_a_kit_per_participant(tmp_path):
+    nvflare = Path(sys.executable).with_name("nvflare")
+    out = subprocess.run([str(nvflare), "provision", "-p", str(REPO / "sites" / "project.yml"),
+                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    prod = next(tmp_path.rglob("prod_00"))
+    assert sorted(p.name for p in prod.iterdir()) == [
+        "coordinator@example.org", "lvtl-server.example.org", "site-1", "site-2"]
+    for site in ("site-1", "site-2"):
+        startup = prod / site / "startup"
+        assert (startup / "start.sh").is_file() and (startup / "client.key").is_file()

@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--clients", default="site-1,site-2", help="simulator sites")
     ap.add_argument("--workspace", default="/tmp/nvflare/lvtl_study", help="simulator workspace")
     ap.add_argument("--startup-kit", help="admin startup kit (prod)")
+    ap.add_argument("--username", default="coordinator@example.org",
+                    help="admin user of the startup kit (prod; sites/project.yml's admin)")
     ap.add_argument("--arms", default="baseline,random,transfer")
     ap.add_argument("--sizes", default="5,10,15,20,25,30")
     ap.add_argument("--epochs", type=int, default=500)
@@ -63,7 +65,7 @@ def main() -> None:
     else:
         from nvflare.recipe import ProdEnv
 
-        env = ProdEnv(startup_kit_location=args.startup_kit)
+        env = ProdEnv(startup_kit_location=args.startup_kit, username=args.username)
     run = recipe.execute(env)
     print(run.get_result())
 
