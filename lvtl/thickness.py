@@ -189,25 +189,39 @@ def _links(g: _Grid, cut_angle: float):
     return out
 
 
+def _numbering(size: int, nodes: np.ndarray) -> np.ndarray:
+    """Unknown number of each box voxel (flat index), -1 outside the wall."""
+    number = np.full(size, -1, np.int64)
+    number[nodes] = np.arange(len(nodes))
+    return number
+
+
+def _neighbour(flat: np.ndarray, coord: np.ndarray, axis: int, sign: int, shape,
+               strides) -> tuple[np.ndarray, np.ndarray]:
+    """Flat index of the face neighbour along ``axis`` (direction ``sign``) of the voxels
+    ``flat`` whose index along that axis is ``coord``, and whether it lies in the box; a voxel
+    whose neighbour would leave the box gets its own index."""
+    c = coord + sign
+    inside = (c >= 0) & (c < shape[axis])
+    return np.where(inside, flat + sign * strides[axis], flat), inside
+
+
 def _assemble(g: _Grid, links) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
     """SPD system ``A u = b`` over wall nodes (ghost-fluid boundary at the crossings)."""
     shape = g.wall.shape
     nodes = np.flatnonzero(g.wall)
-    number = -np.ones(g.wall.size, np.int64)
-    number[nodes] = np.arange(len(nodes))
+    number = _numbering(g.wall.size, nodes)
     n = len(nodes)
     diag = np.zeros(n)
     rhs = np.zeros(n)
     rows, cols, vals = [], [], []
     strides = np.array([shape[1] * shape[2], shape[2], 1])
+    coords = np.unravel_index(nodes, shape)
     for axis in range(3):
         w = 1.0 / g.spacing[axis] ** 2
         for sign in (1, -1):
-            j = nodes + sign * strides[axis]
-            coord = np.unravel_index(nodes, shape)[axis] + sign
-            valid = (coord >= 0) & (coord < shape[axis])
-            jn = np.full(n, -1, np.int64)
-            jn[valid] = number[j[valid]]
+            j, valid = _neighbour(nodes, coords[axis], axis, sign, shape, strides)
+            jn = np.where(valid, number[j], -1)
             inside = jn >= 0
             diag[inside] += w
             rows.append(np.flatnonzero(inside))
@@ -293,8 +307,7 @@ def _gradient(g: _Grid, u_wall: np.ndarray, nodes: np.ndarray, links) -> np.ndar
     shape = g.wall.shape
     strides = (shape[1] * shape[2], shape[2], 1)
     coords = np.unravel_index(nodes, shape)
-    number = np.full(g.wall.size, -1, np.int64)
-    number[nodes] = np.arange(len(nodes))
+    number = _numbering(g.wall.size, nodes)
     u = np.zeros(g.wall.size)
     u[nodes] = u_wall
     ghosts = {(axis, sign): (number[flat_i], np.where(
@@ -304,10 +317,8 @@ def _gradient(g: _Grid, u_wall: np.ndarray, nodes: np.ndarray, links) -> np.ndar
     for axis in range(3):
         side = {}
         for sign in (1, -1):
-            c = coords[axis] + sign
-            inside = (c >= 0) & (c < shape[axis])
-            vals = np.where(inside, u[np.where(inside, nodes + sign * strides[axis], nodes)],
-                            u_wall)
+            # one-sided at the box's faces: the node's own value stands in for the neighbour
+            vals = u[_neighbour(nodes, coords[axis], axis, sign, shape, strides)[0]]
             at, ghost = ghosts[axis, sign]
             vals[at] = ghost
             side[sign] = vals
@@ -346,8 +357,7 @@ def _extend(values: np.ndarray, known: np.ndarray, layers: int) -> None:
         count = np.zeros(len(band))
         for axis in range(3):
             for sign in (1, -1):
-                c = coords[axis] + sign
-                nb = np.where((c >= 0) & (c < shape[axis]), band + sign * strides[axis], band)
+                nb = _neighbour(band, coords[axis], axis, sign, shape, strides)[0]
                 use = known[nb]
                 acc += values[:, nb] * use
                 count += use
@@ -428,9 +438,8 @@ def _pde_lengths(g: _Grid, grad: np.ndarray, nodes: np.ndarray, links, tol: floa
     """Yezzi-Prince: L0, the path length from the inner surface along the unit field
     T = grad u / |grad u|, by upwind Gauss-Jacobi iteration; returns (L0, sweeps)."""
     shape = g.wall.shape
-    n_all = g.wall.size
-    number = -np.ones(n_all, np.int64)
-    number[nodes] = np.arange(len(nodes))
+    number = _numbering(g.wall.size, nodes)
+    coords = np.unravel_index(nodes, shape)
     t_field = grad.reshape(3, -1)[:, nodes]
     t_field = t_field / np.maximum(np.linalg.norm(t_field, axis=0), 1e-12)
     strides = np.array([shape[1] * shape[2], shape[2], 1])
@@ -451,12 +460,8 @@ def _pde_lengths(g: _Grid, grad: np.ndarray, nodes: np.ndarray, links, tol: floa
         nb = np.full(len(nodes), -1, np.int64)
         for s in (1, -1):
             sel = sign == s
-            j = nodes[sel] + s * strides[axis]
-            coord = np.unravel_index(nodes[sel], shape)[axis] + s
-            ok = (coord >= 0) & (coord < shape[axis])
-            jj = np.full(int(sel.sum()), -1, np.int64)
-            jj[ok] = number[j[ok]]
-            nb[sel] = jj
+            j, ok = _neighbour(nodes[sel], coords[axis][sel], axis, s, shape, strides)
+            nb[sel] = np.where(ok, number[j], -1)
             if (axis, s) in bound:
                 bi, th, kind = bound[axis, s]
                 mask = np.zeros(len(nodes), bool)
@@ -543,8 +548,7 @@ def wall_thickness(labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, method: str =
 def _pde_at_points(g: _Grid, grad: np.ndarray, nodes: np.ndarray, l0: np.ndarray,
                    links) -> np.ndarray:
     """L0 carried from the wall node to its outer-surface crossing, for each start point."""
-    number = -np.ones(g.wall.size, np.int64)
-    number[nodes] = np.arange(len(nodes))
+    number = _numbering(g.wall.size, nodes)
     out = []
     for axis, sign, flat_i, theta, kind in links:
         sel = kind == 1
