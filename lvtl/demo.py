@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lvtl.atomic import write_text
 from lvtl.dicom import scan_series
 from lvtl.phantom import generate_site
 from lvtl.preprocess import PreprocessConfig, preprocess_site
@@ -53,9 +54,7 @@ def run_demo(out: str | Path, site1_cases: int = 4, site2_cases: int = 6, *, wor
         }
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     path = out / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(summary, indent=2) + "\n")
     echo("Not in the demo yet: Site-1 pretraining, signing and the NVFlare job; they exist as "
          "`lvtl train`, `lvtl artifact sign` and jobs/lvtl_study/job.py (docs/coordinator.md).")
     return path

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lvtl.atomic import write_text
 from lvtl.errors import ConfigError
 
 SCHEMA = "lvtl.report/1"
@@ -144,12 +145,6 @@ def _plot(summary: dict, path: Path) -> Path | None:
     return path
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(doc: dict, out_dir: str | Path) -> Path:
     """Write report.json (the document plus ``summary``), report.md and dice_by_size.png into
     ``out_dir``; returns the path of report.json."""
@@ -158,8 +153,8 @@ def write_report(doc: dict, out_dir: str | Path) -> Path:
     summary = summarize(doc)
     full = {**doc, "summary": summary}
     _plot(summary, out / "dice_by_size.png")
-    _write(out / "report.md", render_markdown(doc, summary) + "\n")
-    _write(out / "report.json", json.dumps(full, indent=1) + "\n")
+    write_text(out / "report.md", render_markdown(doc, summary) + "\n")
+    write_text(out / "report.json", json.dumps(full, indent=1) + "\n")
     return out / "report.json"
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lvtl.atomic import write_text
 from lvtl.data import ed_es, nested_subsets, split_cases
 from lvtl.errors import ConfigError, ThicknessError
 from lvtl.metrics import case_dice, pearson, summarize
@@ -84,7 +84,7 @@ class CaseEval:
     case_id: str
     dice: dict
     thickness: dict = field(default_factory=dict)  # {"ED": {"pred": stats, "truth": stats}}
-    problems: list = field(default_factory=list)
+    unmeasurable: dict = field(default_factory=dict)  # {"ED": "truth" | "prediction"}
 
 
 def _thickness(labels: np.ndarray, spacing: float) -> dict | None:
@@ -95,9 +95,17 @@ def _thickness(labels: np.ndarray, spacing: float) -> dict | None:
     return {"median": r.median, "p95": r.p95, "max": r.max}
 
 
+def truth_thickness(case, spacing: float = 1.0) -> dict:
+    """Thickness statistics of the ground truth at ED and ES (None where not measurable);
+    the same for every run of a study, so computed once per test case."""
+    label = np.asarray(case.label)
+    return {name: _thickness(label[p], spacing) for name, p in ed_es(label, case.labelled).items()}
+
+
 def evaluate_case(model: torch.nn.Module, case, crop, device: str = "cpu",
-                  spacing: float = 1.0) -> CaseEval:
-    """Dice at the labelled phases and thickness at ED and ES of one test case."""
+                  spacing: float = 1.0, truth: dict | None = None) -> CaseEval:
+    """Dice at the labelled phases and thickness at ED and ES of one test case (``truth``:
+    :func:`truth_thickness` of the case, computed here when not given)."""
     from lvtl.infer import predict_labels
 
     label = np.asarray(case.label)
@@ -106,14 +114,16 @@ def evaluate_case(model: torch.nn.Module, case, crop, device: str = "cpu",
     per_phase = [case_dice(pred[i], label[p]) for i, p in enumerate(phases)]
     ev = CaseEval(case.case_id, {k: float(np.mean([d[k] for d in per_phase]))
                                  for k in ("blood_pool", "lvm")})
+    truth = truth_thickness(case, spacing) if truth is None else truth
     for name, p in ed_es(label, case.labelled).items():
-        truth = _thickness(label[p], spacing)
-        got = _thickness(pred[phases.index(p)], spacing)
-        if truth is None or got is None:
-            ev.problems.append(f"{name}: wall thickness not measurable in the "
-                               f"{'truth' if truth is None else 'prediction'}")
+        if truth[name] is None:
+            ev.unmeasurable[name] = "truth"
             continue
-        ev.thickness[name] = {"pred": got, "truth": truth}
+        got = _thickness(pred[phases.index(p)], spacing)
+        if got is None:
+            ev.unmeasurable[name] = "prediction"
+            continue
+        ev.thickness[name] = {"pred": got, "truth": truth[name]}
     return ev
 
 
@@ -142,8 +152,8 @@ def summarize_run(arm: str, size: int, evals: list[CaseEval], extra: dict | None
                                                "n": pr["n"]}
     # cases whose wall could not be measured, counted (no case ids leave the site)
     run["thickness_unmeasurable"] = {
-        phase: {side: sum(f"{phase}: wall thickness not measurable in the {side}" in e.problems
-                          for e in evals) for side in ("truth", "prediction")}
+        phase: {side: sum(e.unmeasurable.get(phase) == side for e in evals)
+                for side in ("truth", "prediction")}
         for phase in ("ED", "ES")}
     run.update(extra or {})
     return run
@@ -239,11 +249,13 @@ def run_study(cases: list, source_state: dict, source_config: dict, protocol: Pr
     say(f"[{site}] {len(cases)} cases: {len(split.train)} train, {len(val)} val, "
         f"{len(test)} test; sizes {sorted(subsets)}")
     runs = []
+    spacing = float(protocol.downsample)
+    truths = [truth_thickness(c, spacing) for c in test]
 
     def evaluate(model, arm, size, extra):
         model.eval()
-        evals = [evaluate_case(model, c, protocol.crop, protocol.device,
-                               float(protocol.downsample)) for c in test]
+        evals = [evaluate_case(model, c, protocol.crop, protocol.device, spacing, truths[i])
+                 for i, c in enumerate(test)]
         run = summarize_run(arm, size, evals, extra)
         runs.append(run)
         say(f"[{site}] {arm:8s} n={size:2d}: Dice blood pool "
@@ -278,18 +290,12 @@ def run_study(cases: list, source_state: dict, source_config: dict, protocol: Pr
                "excluded": len(skipped), "protocol": protocol.to_dict(), "runs": runs,
                "seconds": round(time.perf_counter() - t_start, 1)}
     doc = {"schema": SCHEMA, "sites": {site: section}}
-    _write_json(out / "results.json", doc)
+    write_text(out / "results.json", json.dumps(doc, indent=1) + "\n")
     return section
 
 
 def failed_section(reason: str) -> dict:
     return {"status": "failed", "reason": reason, "n_test": 0, "runs": []}
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 __all__ = ["Protocol", "run_study", "evaluate_case", "summarize_run", "failed_section",

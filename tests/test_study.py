@@ -96,7 +96,12 @@ def test_pearson_is_reported_with_ci_and_n():
         pred = {k: v + rng.normal(0, 0.1) for k, v in stats.items()}
         evals.append(CaseEval(f"c{i}", {"blood_pool": 0.9, "lvm": 0.8},
                               {"ED": {"pred": pred, "truth": stats}}))
+    evals[0].unmeasurable["ES"] = "prediction"
+    evals[1].unmeasurable["ES"] = "truth"
+    evals[2].unmeasurable["ES"] = "prediction"
     run = summarize_run("transfer", 5, evals)
+    assert run["thickness_unmeasurable"] == {"ED": {"truth": 0, "prediction": 0},
+                                             "ES": {"truth": 1, "prediction": 2}}
     assert run["thickness_r"]["ED"]["median"] > 0.95
     ci = run["thickness_r_ci"]["ED"]["median"]
     assert ci["n"] == 6 and ci["low"] < run["thickness_r"]["ED"]["median"] < ci["high"]
