@@ -473,7 +473,8 @@ def train(
                     groups=min(8, filters))
     init_weights(model, init, seed)
     cfg = TrainConfig(epochs=epochs, samples_per_epoch=samples_per_epoch,
-                      crop=_ints(crop, "crop", 4), lr=lr, seed=seed, val_every=val_every,
+                      crop=_ints(crop, "crop", 4), spacing_mm=float(downsample), lr=lr,
+                      seed=seed, val_every=val_every,
                       device=device, bf16=bf16, compile=compile_model, progress=progress)
     meta = {"provenance": {"cases": len(cases), "downsample": downsample, "seed": seed,
                            "epochs": epochs}}

@@ -273,7 +273,8 @@ def run_study(cases: list, source_state: dict, source_config: dict, protocol: Pr
             else:
                 init_weights(model, protocol.init, seed=protocol.seed)
             cfg = TrainConfig(epochs=protocol.epochs, samples_per_epoch=protocol.samples_per_epoch,
-                              crop=tuple(protocol.crop), seed=protocol.seed,
+                              crop=tuple(protocol.crop), spacing_mm=spacing,
+                              seed=protocol.seed,
                               lr=protocol.lr_transfer if arm == "transfer" else protocol.lr_random,
                               val_every=protocol.val_every, device=protocol.device,
                               bf16=protocol.bf16, progress=progress)

@@ -70,6 +70,7 @@ class TrainConfig:
     samples_per_epoch: int = 0  # 0: one per training case
     batch_size: int = 1
     crop: tuple[int, int, int, int] = (16, 64, 96, 96)  # (t, z, y, x), the paper's crop
+    spacing_mm: float = 1.0  # grid of the training cases (recorded in the checkpoint)
     lr: float | None = None
     lr_decay: float = 0.9
     decay_every: int | None = None
@@ -139,6 +140,7 @@ def init_weights(model: torch.nn.Module, scheme: str = "default", seed: int = 0)
 
 def model_checkpoint(model: torch.nn.Module, train_cfg: TrainConfig, meta: dict) -> dict:
     """The artifact-compatible checkpoint: ``{"state_dict", "config", "meta"}``."""
+    from lvtl.artifact import DEFAULT_LABELS
     from lvtl.data import HU_WINDOW
 
     net = getattr(model, "_orig_mod", model)
@@ -146,9 +148,10 @@ def model_checkpoint(model: torch.nn.Module, train_cfg: TrainConfig, meta: dict)
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "config": {"architecture": {"name": type(net).__name__,
                                     "hyperparameters": dict(net.config)},
-                   "input": {"crop_tzyx": list(train_cfg.crop), "spacing_mm": [1.0, 1.0, 1.0],
+                   "input": {"crop_tzyx": list(train_cfg.crop),
+                             "spacing_mm": [float(train_cfg.spacing_mm)] * 3,
                              "hu_window": list(HU_WINDOW), "channels": 1},
-                   "labels": {"0": "background", "1": "LV blood pool", "2": "LV myocardium"}},
+                   "labels": dict(DEFAULT_LABELS)},
         "meta": meta,
     }
 

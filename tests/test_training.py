@@ -40,6 +40,13 @@ def test_training_learns_and_keeps_the_best_model(cases, tmp_path):
     best = torch.load(res.best_path, weights_only=True)
     assert best["meta"]["metrics"]["val_dice"] == pytest.approx(res.best_val_dice)
     assert best["meta"]["metrics"]["best_epoch"] == res.best_epoch
+    assert best["config"]["input"]["spacing_mm"] == [1.0, 1.0, 1.0]
+    from lvtl.artifact import DEFAULT_LABELS
+    from lvtl.train import model_checkpoint
+
+    assert best["config"]["labels"] == DEFAULT_LABELS
+    coarse = model_checkpoint(model, cfg(spacing_mm=2.0), {})  # a 2 mm study says so
+    assert coarse["config"]["input"]["spacing_mm"] == [2.0, 2.0, 2.0]
     # the learning rate decays by 0.9 every decay_every epochs, stepped after the epoch
     lrs = [h["lr"] for h in res.history]
     assert lrs[0] == pytest.approx(1e-2) and lrs[1] == pytest.approx(9e-3)
