@@ -101,6 +101,40 @@ def test_jacobi_reference_gives_the_same_thickness():
     assert np.allclose(cg.values_mm, jac.values_mm, atol=1e-3)
 
 
+def test_red_black_system_and_solvers_agree_on_an_open_anisotropic_wall():
+    """The red-black split is the full ghost-fluid system (symmetric, couplings only between
+    colours), and all three solvers meet the same true residual and agree."""
+    from lvtl.thickness import _assemble, _check, _links, _prepare, solve_laplace
+
+    sp = (1.4, 0.9, 0.9)
+    labels, spa = _check(shell("cylinder", 9.0, 5.0, 16, spacing=sp, length=16.0), sp)
+    g, _ = _prepare(labels, spa, 1.2)
+    links = _links(g, 60.0)
+    assert any((lk[4] == 2).any() for lk in links)  # cut faces at the open ends
+    s = _assemble(g, links)
+    a = s.matrix()
+    assert abs(a - a.T).max() < 1e-12
+    coords = np.unravel_index(s.nodes, g.wall.shape)
+    parity = np.sum(coords, axis=0) % 2
+    assert (parity[: s.n_red] == 0).all() and (parity[s.n_red:] == 1).all()
+    off = a.tocoo()
+    off_rows, off_cols = off.row[off.row != off.col], off.col[off.row != off.col]
+    assert (parity[off_rows] != parity[off_cols]).all()
+    # each interior face link once per direction, weight 1/h^2 along its axis
+    assert np.isclose(-off.data[off.row != off.col].min(), 1 / 0.9**2)
+    sols = {}
+    for solver in ("cg", "cg-full", "jacobi"):
+        u, info = solve_laplace(s, solver, tol=1e-9)
+        true_res = np.linalg.norm(s.rhs - a @ u) / np.linalg.norm(s.rhs)
+        assert true_res <= 1e-9 and np.isclose(info["residual"], true_res, rtol=1e-6)
+        sols[solver] = (u, info["iterations"])
+    assert sols["cg"][1] < sols["cg-full"][1] < sols["jacobi"][1]
+    assert np.abs(sols["cg"][0] - sols["jacobi"][0]).max() < 1e-6
+    assert np.abs(sols["cg"][0] - sols["cg-full"][0]).max() < 1e-6
+    with pytest.raises(ThicknessError, match="did not converge in 3 iterations"):
+        solve_laplace(s, "cg", tol=1e-9, max_iter=3)
+
+
 def test_disconnected_pieces_measure_the_largest():
     lab = shell("sphere", 18.0, 7.0, 15)
     lab[:3, :3, :3] = 2  # a stray speck of myocardium in a corner
@@ -132,7 +166,7 @@ def test_bad_arguments():
     lab = shell("sphere", 10.0, 5.0, 0)
     with pytest.raises(ThicknessError, match="streamline, pde"):
         wall_thickness(lab, method="euler")
-    with pytest.raises(ThicknessError, match="cg, jacobi"):
+    with pytest.raises(ThicknessError, match="cg, cg-full, jacobi"):
         wall_thickness(lab, solver="lu")
     with pytest.raises(ThicknessError, match="spacing"):
         wall_thickness(lab, spacing=(1.0, 0.0, 1.0))
