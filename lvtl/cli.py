@@ -455,33 +455,13 @@ def train(
     """Train the 4D model on a site's cases (Site 1: dense labels) from random initialisation;
     writes the checkpoint that `lvtl artifact sign` takes and prints its path. Rerun to
     resume after an interruption."""
-    from lvtl.data import split_cases
-    from lvtl.errors import ConfigError
-    from lvtl.model import LVNet4d
-    from lvtl.study import load_site_cases
-    from lvtl.train import TrainConfig, init_weights
-    from lvtl.train import train as run_train
+    from lvtl.train import TrainConfig, train_site
 
-    cases, excluded = load_site_cases(cache, downsample)
-    for cid, why in excluded.items():
-        _err(f"{cid}: {why}; excluded")
-    if len(cases) < 2:
-        raise ConfigError(f"{cache}: {len(cases)} usable case(s); training needs at least 2")
-    split = split_cases([c.case_id for c in cases], seed=seed) if len(cases) >= 3 else None
-    val_ids = set(split.val) if split else {cases[-1].case_id}
-    model = LVNet4d(init_filters=filters, blocks_down=_ints(blocks, "blocks"),
-                    groups=min(8, filters))
-    init_weights(model, init, seed)
     cfg = TrainConfig(epochs=epochs, samples_per_epoch=samples_per_epoch,
-                      crop=_ints(crop, "crop", 4), spacing_mm=float(downsample), lr=lr,
-                      seed=seed, val_every=val_every,
+                      crop=_ints(crop, "crop", 4), lr=lr, seed=seed, val_every=val_every,
                       device=device, bf16=bf16, compile=compile_model, progress=progress)
-    meta = {"provenance": {"cases": len(cases), "downsample": downsample, "seed": seed,
-                           "epochs": epochs}}
-    res = run_train(model, [c for c in cases if c.case_id not in val_ids],
-                    [c for c in cases if c.case_id in val_ids], cfg, out, meta=meta,
-                    log_fn=typer.echo)
-    (Path(out) / "history.json").write_text(json.dumps(res.history, indent=1) + "\n")
+    res = train_site(cache, out, cfg, filters=filters, blocks=_ints(blocks, "blocks"),
+                     downsample=downsample, init=init, say=typer.echo)
     typer.echo(f"best validation Dice {res.best_val_dice:.3f} at epoch {res.best_epoch}; "
                f"{res.seconds:.0f} s; crops took {100 * res.loading_share:.1f}% of step time")
     typer.echo(str(res.best_path))
@@ -614,16 +594,21 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder of the demo.")] = Path("demo-run"),
-    site1_cases: Annotated[int, typer.Option(help="Cases at site-1.")] = 4,
-    site2_cases: Annotated[int, typer.Option(help="Cases at site-2.")] = 6,
+    site1_cases: Annotated[int, typer.Option(help="Cases at site-1.")] = 6,
+    site2_cases: Annotated[int, typer.Option(help="Cases at site-2.")] = 8,
+    pretrain_epochs: Annotated[int, typer.Option(help="Site-1 pretraining epochs.")] = 60,
+    study_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per study run.")] = 10,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 2,
 ) -> None:
-    """The whole story on this machine, as far as it is built: synthetic sites, inspection,
-    preprocessing. Prints the path of its summary last."""
-    from lvtl.demo import run_demo
+    """The whole story on this machine: synthetic sites, preprocessing, Site-1 pretraining,
+    the signed model, the NVFlare simulator job at site-1 and site-2, the report. Prints the
+    path of report.json last."""
+    from lvtl.demo import DemoScale, run_demo
 
-    summary = run_demo(out, site1_cases, site2_cases, workers=workers, echo=typer.echo)
-    typer.echo(str(summary))
+    scale = DemoScale(site1_cases=site1_cases, site2_cases=site2_cases,
+                      pretrain_epochs=pretrain_epochs, study_epochs=study_epochs)
+    report = run_demo(out, scale, workers=workers, echo=typer.echo)
+    typer.echo(str(report))
 
 
 def main() -> None:

@@ -7,8 +7,9 @@ normalises over the window, and a whole-volume window (mostly background) shifts
 statistics; on the synthetic test cases it lowered the validation Dice from 0.34 to 0.21.
 ``max_voxels`` allows one whole-volume window up to that size where speed matters more.
 
-Time is cyclic (the cardiac cycle): to label chosen phases, each gets a window of ``t`` phases
-centred on it; to label every phase, windows start every ``t // 2`` phases round the cycle.
+Time is cyclic (the cardiac cycle): to label chosen phases, the fewest windows of ``t`` phases
+that cover them (each new window with its first uncovered phase next to its centre); to label
+every phase, windows start every ``t // 2`` phases round the cycle.
 Class scores (softmax) of overlapping windows are averaged, then the label is the most probable
 class.
 """
@@ -33,11 +34,20 @@ def _starts(n: int, w: int, overlap: float) -> list[int]:
 
 
 def _time_windows(t_all: int, ct: int, phases: Sequence[int] | None) -> list[np.ndarray]:
+    """Windows of ``ct`` consecutive phases (cyclic). Chosen phases: the fewest windows that
+    cover them, going round the cycle, each new window placed with its first uncovered phase
+    just before its centre. All phases: a window every ``ct // 2`` phases."""
     ct = min(ct, t_all)
-    if phases is not None:
-        return [(int(p) - ct // 2 + np.arange(ct)) % t_all for p in phases]
-    step = max(1, ct // 2)
-    return [(s + np.arange(ct)) % t_all for s in range(0, t_all, step)]
+    if phases is None:
+        step = max(1, ct // 2)
+        return [(s + np.arange(ct)) % t_all for s in range(0, t_all, step)]
+    windows, covered = [], set()
+    for p in sorted({int(q) % t_all for q in phases}):
+        if p not in covered:
+            times = (p - (ct - 1) // 2 + np.arange(ct)) % t_all
+            windows.append(times)
+            covered.update(int(t) for t in times)
+    return windows
 
 
 @torch.no_grad()

@@ -7,10 +7,11 @@ contribute exactly zero loss and zero gradient (they never enter the computation
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,38 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
                        best_val_dice=float(best), epochs_run=cfg.epochs - start,
                        history=history, seconds=seconds,
                        loading_share=t_load / t_total if t_total else 0.0)
+
+
+def train_site(cache: str | Path, out_dir: str | Path, cfg: TrainConfig, *, filters: int = 8,
+               blocks: tuple[int, ...] = (1, 2, 4), downsample: int = 1, init: str = "default",
+               say=None) -> TrainResult:
+    """Train a model from random initialisation on every usable case of a site's cache (Site 1:
+    the model that becomes the signed artifact), validating on the split's validation cases;
+    writes ``best.pt``, ``last.pt`` and ``history.json`` in ``out_dir`` and resumes when rerun.
+    """
+    from lvtl.atomic import write_text
+    from lvtl.data import split_cases
+    from lvtl.model import LVNet4d
+    from lvtl.study import load_site_cases
+
+    say = say or (lambda msg: log.info("%s", msg))
+    cases, excluded = load_site_cases(cache, downsample)
+    for cid, why in excluded.items():
+        say(f"{cid}: {why}; excluded")
+    if len(cases) < 2:
+        raise ConfigError(f"{cache}: {len(cases)} usable case(s); training needs at least 2")
+    split = split_cases([c.case_id for c in cases], seed=cfg.seed) if len(cases) >= 3 else None
+    val_ids = set(split.val) if split else {cases[-1].case_id}
+    model = LVNet4d(init_filters=filters, blocks_down=tuple(blocks), groups=min(8, filters))
+    init_weights(model, init, cfg.seed)
+    cfg = replace(cfg, spacing_mm=float(downsample))
+    meta = {"provenance": {"cases": len(cases), "downsample": downsample, "seed": cfg.seed,
+                           "epochs": cfg.epochs}}
+    res = train(model, [c for c in cases if c.case_id not in val_ids],
+                [c for c in cases if c.case_id in val_ids], cfg, out_dir, meta=meta,
+                log_fn=say)
+    write_text(Path(out_dir) / "history.json", json.dumps(res.history, indent=1) + "\n")
+    return res
 
 
 def _progress(total: int, start: int, enabled: bool):

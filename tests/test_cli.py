@@ -16,7 +16,7 @@ if not Path(LVTL[0]).exists():  # pragma: no cover - an environment without the 
 
 def run(*args, cwd=None, env=None):
     return subprocess.run(LVTL + [str(a) for a in args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=1200)
 
 
 @pytest.mark.parametrize("cmd", ["phantom", "inspect", "preprocess", "thickness", "agreement",
@@ -162,3 +162,25 @@ def test_thickness_of_one_phase_of_a_4d_file(tmp_path, site2_case):
     assert es_json["median"] > ed_json["median"] + 2.0  # systolic thickening
     r = run("thickness", tmp_path / "labels4d.nii.gz")
     assert r.returncode == 4 and "--phase" in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_tells_the_whole_story_and_prints_the_report_last(tmp_path):
+    """`lvtl demo` at a tiny scale: synthetic sites, pretraining, signing, the NVFlare
+    simulator job with site-1 and site-2, the report path as the last line."""
+    r = run("demo", "--out", tmp_path / "demo", "--site1-cases", "3", "--site2-cases", "4",
+            "--pretrain-epochs", "2", "--study-epochs", "1", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    report = Path(lines[-1])
+    assert report.name == "report.json" and report.is_file()
+    doc = json.loads(report.read_text())
+    assert {s: v["status"] for s, v in doc["sites"].items()} == {"site-1": "ok", "site-2": "ok"}
+    for step in ("pretrained the 4D model", "signed best.pt", "NVFlare simulator",
+                 "[site-2] baseline"):
+        assert any(step in ln for ln in lines), step
+    # the private key stays with the model owner; sites pin only the public key
+    assert [p.parent.name for p in (tmp_path / "demo").rglob("signing_key.pem")] == ["owner-keys"]
+    assert all(p.name.endswith(".pub.pem") for p in (tmp_path / "demo" / "sites").rglob("*.pem"))
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["report"] == str(report)

@@ -103,11 +103,15 @@ def test_simulator_runs_the_study_at_every_site_and_reports(federation, tmp_path
            str(federation / "artifact"), "--env", "sim", "--clients", "site-1,site-2,site-3",
            "--workspace", str(ws), "--arms", "baseline,transfer", "--sizes", "1",
            "--epochs", "1", "--samples-per-epoch", "1", "--crop", "2,24,32,32",
-           "--downsample", "2", "--timeout", "900"]
+           "--downsample", "2", "--timeout", "900", "--report-dir", str(tmp_path / "report")]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     server = ws / "lvtl_study" / "server"
-    report = json.loads(next(server.rglob("report.json")).read_text())
+    written = next(server.rglob("report.json"))
+    copied = Path(out.stdout.strip().splitlines()[-1])  # the report's path, printed last
+    assert copied == (tmp_path / "report" / "report.json").resolve()
+    assert copied.read_bytes() == written.read_bytes()
+    report = json.loads(copied.read_text())
     assert report["schema"] == "lvtl.report/1"
     sites = report["sites"]
     assert set(sites) == {"site-1", "site-2", "site-3"}
@@ -184,3 +188,101 @@ def test_project_yml_provisions_a_kit_per_participant(tmp_path):
     for site in ("site-1", "site-2"):
         startup = prod / site / "startup"
         assert (startup / "start.sh").is_file() and (startup / "client.key").is_file()
+
+
+def _simulator_worker(site: str) -> int | None:
+    """pid of the simulator's worker process that runs ``site`` (None if there is none)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"simulator_worker" in a for a in args) and b"--client" in args and \
+                args[args.index(b"--client") + 1] == site.encode():
+            return int(proc.name)
+    return None
+
+
+def _metrics(section):
+    """A site's runs without their timings (the same seeds must give the same metrics)."""
+    return [{k: v for k, v in run.items() if k != "train_seconds"} for run in section["runs"]]
+
+
+def test_a_killed_site_is_reported_the_rest_finish_and_the_rerun_resumes(federation, tmp_path):
+    """site-2's process is killed mid-training: the job still ends (timeout), site-1's results
+    arrive and site-2 is marked failed. The rerun resumes site-2 from its checkpoints, and
+    site-1, recomputed from scratch with the same seeds, reports the same metrics."""
+    import signal
+    import time
+
+    work = tmp_path / "work"
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
+           "LVTL_WORK_DIR": str(work), "OMP_NUM_THREADS": "1"}
+
+    def job(n, timeout):
+        return [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+                str(federation / "artifact"), "--env", "sim", "--clients", "site-1,site-2",
+                "--workspace", str(tmp_path / f"ws{n}"), "--arms", "baseline,transfer",
+                "--sizes", "1", "--epochs", "8", "--samples-per-epoch", "1", "--crop",
+                "2,24,32,32", "--downsample", "2", "--timeout", str(timeout),
+                "--report-dir", str(tmp_path / f"report{n}")]
+
+    proc = subprocess.Popen(job(1, 75), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(work.glob("site-2/*/runs/transfer-1/last.pt")):  # training has begun
+        assert time.time() < deadline and proc.poll() is None, "site-2 never started training"
+        time.sleep(0.2)
+    pid = _simulator_worker("site-2")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    first = json.loads(Path(out.strip().splitlines()[-1]).read_text())
+    assert first["sites"]["site-1"]["status"] == "ok"
+    assert first["sites"]["site-2"]["status"] == "failed"
+    assert "no results" in first["sites"]["site-2"]["reason"]
+    assert first["summary"]["sites_failed"] == {"site-2": first["sites"]["site-2"]["reason"]}
+
+    shutil.rmtree(work / "site-1")  # site-1 starts over; site-2 keeps its checkpoints
+    out = subprocess.run(job(2, 600), env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    second = json.loads(Path(out.stdout.strip().splitlines()[-1]).read_text())
+    assert {s["status"] for s in second["sites"].values()} == {"ok"}
+    site2_log = next((tmp_path / "ws2").rglob("site-2/log.txt")).read_text()
+    assert "resumed from" in site2_log
+    assert _metrics(second["sites"]["site-1"]) == _metrics(first["sites"]["site-1"])
+
+
+@pytest.mark.slow
+def test_poc_mode_runs_the_job_submitted_through_the_admin_api(federation, tmp_path):
+    """`--env poc`: a fresh `nvflare poc` (server and two clients as separate processes on
+    localhost), the job submitted and its result downloaded through the admin API, the POC
+    stopped afterwards."""
+    venv_bin = str(Path(sys.executable).parent)
+    poc = tmp_path / "poc"
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
+           "LVTL_WORK_DIR": str(tmp_path / "work"), "NVFLARE_POC_WORKSPACE": str(poc),
+           "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1",
+           "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+    cmd = [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+           str(federation / "artifact"), "--env", "poc", "--clients", "site-1,site-2",
+           "--arms", "baseline,transfer", "--sizes", "1", "--epochs", "1",
+           "--samples-per-epoch", "1", "--crop", "2,24,32,32", "--downsample", "2",
+           "--timeout", "900", "--report-dir", str(tmp_path / "report")]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(Path(out.stdout.strip().splitlines()[-1]).read_text())
+    for site in ("site-1", "site-2"):
+        assert report["sites"][site]["status"] == "ok", report["sites"][site]
+        assert [r["arm"] for r in report["sites"][site]["runs"]] == ["baseline", "transfer"]
+    leftovers = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(poc).encode() in (proc / "cmdline").read_bytes():
+                leftovers.append(proc.name)
+        except OSError:
+            pass
+    assert not leftovers, "POC processes still running after the job"

@@ -97,3 +97,21 @@ def test_cli_infer_writes_nifti_and_seg(site2_case, tmp_path):
     assert pydicom.dcmread(segs[0]).Modality == "SEG"
     r = CliRunner().invoke(app, [*args, "--phases", "0,99"])
     assert isinstance(r.exception, ConfigError) and "phases 0 to 19" in str(r.exception)
+
+
+@pytest.mark.parametrize("t_all,ct,phases,n_windows", [
+    (20, 4, range(0, 20, 2), 5),  # every other phase: each window covers two
+    (20, 4, [0, 8], 2),  # ED and ES
+    (20, 4, [19, 0, 1], 1),  # across the end of the cycle
+    (20, 16, [0, 8], 1),  # the paper's 16-phase window holds both
+    (3, 4, [0, 1, 2], 1),  # fewer phases than the window
+])
+def test_time_windows_cover_the_chosen_phases_with_the_fewest_windows(t_all, ct, phases,
+                                                                     n_windows):
+    from lvtl.infer import _time_windows
+
+    wins = _time_windows(t_all, ct, list(phases))
+    assert len(wins) == n_windows
+    assert all(len(w) == min(ct, t_all) and len(set(w.tolist())) == len(w) for w in wins)
+    assert set(phases) <= {int(t) for w in wins for t in w}
+    assert len(_time_windows(20, 4, None)) == 10  # every phase: a window every ct // 2

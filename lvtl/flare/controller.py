@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from nvflare.app_common.abstract.fl_model import FLModel
@@ -14,8 +15,8 @@ TASK = "lvtl_study"
 
 
 class StudyController(ModelController):
-    """Sends the signed artifact and the study protocol to every site as one task, waits up to
-    ``timeout`` seconds (0: no limit) for the results, and writes ``report.json``,
+    """Sends the signed artifact and the study protocol to every site (one task each), waits up
+    to ``timeout`` seconds (0: no limit) for each site's results, and writes ``report.json``,
     ``report.md`` and plots in the server's run folder. A site that fails, refuses the model or
     does not answer in time is in the report with its reason."""
 
@@ -42,22 +43,31 @@ class StudyController(ModelController):
 
         files = pack_artifact(self._artifact_dir())
         clients = self.sample_clients()
-        self.info(f"sending the study to {', '.join(clients)}")
-        task = FLModel(params={"artifact": files, "protocol": self.protocol},
-                       current_round=0, total_rounds=1)
-        results = self.send_model_and_wait(task_name=self.task_name, data=task,
-                                           targets=clients, timeout=self.timeout)
-        sites = {}
-        for r in results:
-            name = r.meta.get("client_name", "?")
-            section = (r.params or {}).get("site")
+        sites: dict[str, dict] = {}
+
+        def collect(result: FLModel) -> None:
+            name = result.meta.get("client_name", "?")
+            section = (result.params or {}).get("site")
             sites[name] = section if isinstance(section, dict) else failed(
                 "the site sent no results section")
+            self.info(f"results from {name}: {sites[name].get('status')}")
+
+        # one task per site: a site that dies or times out ends only its own task, so the
+        # others' results are never dropped with it
+        self.info(f"sending the study to {', '.join(clients)}")
+        for name in clients:
+            task = FLModel(params={"artifact": files, "protocol": self.protocol},
+                           current_round=0, total_rounds=1)
+            self.send_model(task_name=self.task_name, data=task, targets=[name],
+                            timeout=self.timeout, callback=collect)
+        while self.get_num_standing_tasks() > 0 and not self.abort_signal.triggered:
+            time.sleep(1.0)
         for name in clients:
             if name not in sites:
-                sites[name] = failed("no results: the site's task failed or did not finish "
-                                     f"within the timeout ({self.timeout or 'none'} s); see "
-                                     "the site's log")
-        doc = {"schema": "lvtl.report/1", "protocol": self.protocol, "sites": sites}
+                sites[name] = failed("no results: the site's task failed, its process ended, "
+                                     f"or it did not finish within the timeout "
+                                     f"({self.timeout or 'none'} s); see the site's log")
+        doc = {"schema": "lvtl.report/1", "protocol": self.protocol,
+               "sites": {name: sites[name] for name in clients}}
         out = write_report(doc, self.get_run_dir())
         self.info(f"report written: {out}")
