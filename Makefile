@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/repair.py
 	$(PY) benchmarks/thickness.py
 	$(PY) benchmarks/thickness_phantom.py
+	$(PY) benchmarks/flare.py
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache build *.egg-info

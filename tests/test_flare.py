@@ -286,3 +286,48 @@ def test_poc_mode_runs_the_job_submitted_through_the_admin_api(federation, tmp_p
         except OSError:
             pass
     assert not leftovers, "POC processes still running after the job"
+
+
+@pytest.mark.slow
+def test_exported_job_runs_in_the_nvflare_simulator_command(federation, tmp_path):
+    """The deprecated-but-supported path: `nvflare simulator` on the exported job folder."""
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"),
+                          "--artifact", str(federation / "artifact"), "--export",
+                          "--export-dir", str(tmp_path / "jobs"), "--arms", "baseline",
+                          "--sizes", "1", "--epochs", "1", "--crop", "2,24,32,32",
+                          "--downsample", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
+           "LVTL_WORK_DIR": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}
+    nvflare = Path(sys.executable).with_name("nvflare")
+    out = subprocess.run([str(nvflare), "simulator", str(tmp_path / "jobs" / "lvtl_study"), "-w",
+                          str(tmp_path / "ws"), "-n", "2", "-c", "site-1,site-2"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(next((tmp_path / "ws").rglob("report.json")).read_text())
+    assert {s: v["status"] for s, v in report["sites"].items()} == {"site-1": "ok",
+                                                                    "site-2": "ok"}
+    assert report["protocol"]["arms"] == ["baseline"]
+
+
+def test_a_site_refuses_an_artifact_signed_by_a_key_it_does_not_pin(federation, tmp_path,
+                                                                      monkeypatch):
+    from lvtl.artifact import keygen
+    from lvtl.flare.site import pack_artifact, run_task
+
+    other = keygen(tmp_path / "other-keys")
+    site = tmp_path / "site-9"
+    (site / "trusted").mkdir(parents=True)
+    shutil.copy(tmp_path / "other-keys" / f"{other}.pub.pem", site / "trusted")
+    (site / "site.toml").write_text(
+        f'[site]\nname = "site-9"\n[data]\nroot = "{federation}/data/site-2"\n'
+        f'cache = "{tmp_path}/cache"\n[trust]\nkeys = "trusted"\n')
+    monkeypatch.setenv("LVTL_SITE_CONFIG", str(site / "site.toml"))
+    said = []
+    section = run_task("site-9", {"artifact": pack_artifact(federation / "artifact"),
+                                  "protocol": {"arms": ["baseline"], "sizes": [1]}},
+                       say=said.append)
+    assert section["status"] == "failed" and section["runs"] == []
+    assert section["reason"].startswith("artifact refused:") and "key" in section["reason"]
+    assert not (tmp_path / "cache").exists()  # refused before touching the site's data
+    assert any("artifact refused" in m for m in said)
