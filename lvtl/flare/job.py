@@ -16,6 +16,7 @@ Every way ends by copying the server's report (``report.json``, ``report.md``, t
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -65,11 +66,14 @@ def find_report(result: str | Path) -> Path:
 
 
 def copy_report(report: Path, out_dir: str | Path) -> Path:
+    """Copy the report's files next to ``report`` into ``out_dir`` (each file atomically)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
         if (report.parent / name).is_file():
-            shutil.copy2(report.parent / name, out / name)
+            tmp = out / f".{name}.partial"
+            shutil.copy2(report.parent / name, tmp)
+            os.replace(tmp, out / name)
     return (out / "report.json").resolve()
 
 
