@@ -261,6 +261,8 @@ def test_poc_mode_runs_the_job_submitted_through_the_admin_api(federation, tmp_p
     """`--env poc`: a fresh `nvflare poc` (server and two clients as separate processes on
     localhost), the job submitted and its result downloaded through the admin API, the POC
     stopped afterwards."""
+    import time
+
     venv_bin = str(Path(sys.executable).parent)
     poc = tmp_path / "poc"
     env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
@@ -278,14 +280,20 @@ def test_poc_mode_runs_the_job_submitted_through_the_admin_api(federation, tmp_p
     for site in ("site-1", "site-2"):
         assert report["sites"][site]["status"] == "ok", report["sites"][site]
         assert [r["arm"] for r in report["sites"][site]["runs"]] == ["baseline", "transfer"]
-    leftovers = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and str(poc).encode() in (proc / "cmdline").read_bytes():
-                leftovers.append(proc.name)
-        except OSError:
-            pass
-    assert not leftovers, "POC processes still running after the job"
+    def leftovers():
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and str(poc).encode() in (proc / "cmdline").read_bytes():
+                    found.append(proc.name)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.time() + 60  # the stopped server and clients finish shutting down
+    while leftovers() and time.time() < deadline:
+        time.sleep(1)
+    assert not leftovers(), "POC processes still running a minute after the job"
 
 
 @pytest.mark.slow
