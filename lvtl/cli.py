@@ -415,15 +415,9 @@ def _trust_store(trust: Path | None, revoked, min_version: str | None, config: P
 
 # --------------------------------------------------------------------------- train, study
 def _ints(text: str, name: str, n: int | None = None) -> tuple[int, ...]:
-    from lvtl.errors import ConfigError
+    from lvtl.config import parse_ints
 
-    try:
-        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--{name}: expected comma-separated integers, got {text!r}") from None
-    if not vals or (n is not None and len(vals) != n) or min(vals) < 1:
-        raise ConfigError(f"--{name}: expected {n or 'some'} positive integers, got {text!r}")
-    return vals
+    return parse_ints(text, name, n)
 
 
 @app.command()
@@ -461,7 +455,7 @@ def train(
                       crop=_ints(crop, "crop", 4), lr=lr, seed=seed, val_every=val_every,
                       device=device, bf16=bf16, compile=compile_model, progress=progress)
     res = train_site(cache, out, cfg, filters=filters, blocks=_ints(blocks, "blocks"),
-                     downsample=downsample, init=init, say=typer.echo)
+                     downsample=downsample, init=init, say=typer.echo, warn=_err)
     typer.echo(f"best validation Dice {res.best_val_dice:.3f} at epoch {res.best_epoch}; "
                f"{res.seconds:.0f} s; crops took {100 * res.loading_share:.1f}% of step time")
     typer.echo(str(res.best_path))

@@ -35,6 +35,17 @@ class SiteConfig:
     source: Path | None = None
 
 
+def parse_ints(text: str, name: str, n: int | None = None) -> tuple[int, ...]:
+    """Comma-separated positive integers of option ``--name`` (``n`` of them if given)."""
+    try:
+        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{name}: expected comma-separated integers, got {text!r}") from None
+    if not vals or (n is not None and len(vals) != n) or min(vals) < 1:
+        raise ConfigError(f"--{name}: expected {n or 'some'} positive integers, got {text!r}")
+    return vals
+
+
 def _section(doc: dict, name: str, allowed: set[str], path: Path) -> dict:
     sec = doc.get(name, {})
     if not isinstance(sec, dict):

@@ -133,6 +133,7 @@ def _site_configs(out: Path, echo) -> Path:
 
 def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, echo) -> Path:
     ws, log_path = out / "flare", out / "logs" / "flare-simulator.log"
+    report_dir = out / "report"
     shutil.rmtree(ws, ignore_errors=True)  # a fresh simulator run; site work dirs are kept
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "lvtl.flare.job", "--artifact", str(art), "--env", "sim",
@@ -140,7 +141,7 @@ def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, echo) -> P
            "--arms", "baseline,random,transfer", "--sizes", ",".join(map(str, scale.sizes)),
            "--epochs", str(scale.study_epochs), "--samples-per-epoch", str(scale.study_samples),
            "--crop", ",".join(map(str, scale.crop)), "--downsample", str(scale.downsample),
-           "--val-every", "5", "--timeout", "3600", "--report-dir", str(out / "report")]
+           "--val-every", "5", "--timeout", "3600", "--report-dir", str(report_dir)]
     env = {**os.environ, "LVTL_SITES_DIR": str(sites_dir), "PYTHONUNBUFFERED": "1",
            "LVTL_WORK_DIR": str(out / "site-work"),
            # the sites share this machine's cores: one share each, no oversubscription
@@ -165,13 +166,13 @@ def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, echo) -> P
             time.sleep(2)
             relay()
     relay()
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    last = lines[-1] if lines else ""
     if proc.returncode != 0:
-        raise LvtlError(f"the NVFlare job failed (exit {proc.returncode}): {last}; "
-                        f"see {log_path}")
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
+                 if ln.strip()]
+        raise LvtlError(f"the NVFlare job failed (exit {proc.returncode}): "
+                        f"{lines[-1] if lines else 'no output'}; see {log_path}")
     echo(f"[flare] job done ({time.perf_counter() - t0:.0f} s)")
-    return Path(last)
+    return report_dir / "report.json"
 
 
 def run_demo(out: str | Path, scale: DemoScale | None = None, *, workers: int = 2,

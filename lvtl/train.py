@@ -287,10 +287,11 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
 
 def train_site(cache: str | Path, out_dir: str | Path, cfg: TrainConfig, *, filters: int = 8,
                blocks: tuple[int, ...] = (1, 2, 4), downsample: int = 1, init: str = "default",
-               say=None) -> TrainResult:
+               say=None, warn=None) -> TrainResult:
     """Train a model from random initialisation on every usable case of a site's cache (Site 1:
     the model that becomes the signed artifact), validating on the split's validation cases;
     writes ``best.pt``, ``last.pt`` and ``history.json`` in ``out_dir`` and resumes when rerun.
+    ``say`` gets progress messages, ``warn`` (default: ``say``) the cases left out.
     """
     from lvtl.atomic import write_text
     from lvtl.data import split_cases
@@ -298,9 +299,10 @@ def train_site(cache: str | Path, out_dir: str | Path, cfg: TrainConfig, *, filt
     from lvtl.study import load_site_cases
 
     say = say or (lambda msg: log.info("%s", msg))
+    warn = warn or say
     cases, excluded = load_site_cases(cache, downsample)
     for cid, why in excluded.items():
-        say(f"{cid}: {why}; excluded")
+        warn(f"{cid}: {why}; excluded")
     if len(cases) < 2:
         raise ConfigError(f"{cache}: {len(cases)} usable case(s); training needs at least 2")
     split = split_cases([c.case_id for c in cases], seed=cfg.seed) if len(cases) >= 3 else None

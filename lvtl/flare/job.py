@@ -21,15 +21,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from lvtl.config import parse_ints
 from lvtl.errors import ConfigError
 from lvtl.flare.recipe import StudyRecipe
 from lvtl.study import Protocol
 
 REPORT_FILES = ("report.json", "report.md", "dice_by_size.png")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,9 +77,9 @@ def copy_report(report: Path, out_dir: str | Path) -> Path:
 def run(argv: list[str] | None = None) -> Path | None:
     """Build the job from the command line and export or run it; the report's path."""
     args = parser().parse_args(argv)
-    protocol = Protocol(arms=tuple(args.arms.split(",")), sizes=_ints(args.sizes),
+    protocol = Protocol(arms=tuple(args.arms.split(",")), sizes=parse_ints(args.sizes, "sizes"),
                         epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-                        crop=_ints(args.crop), downsample=args.downsample,
+                        crop=parse_ints(args.crop, "crop", 4), downsample=args.downsample,
                         val_every=args.val_every, seed=args.seed)
     clients = args.clients.split(",")
     recipe = StudyRecipe(args.artifact, protocol, min_clients=len(clients) if args.env != "prod"
@@ -103,13 +100,13 @@ def run(argv: list[str] | None = None) -> Path | None:
         from nvflare.recipe import ProdEnv
 
         env = ProdEnv(startup_kit_location=args.startup_kit, username=args.username)
-    run = recipe.execute(env)
+    job = recipe.execute(env)
     # keep the POC workspace until the report is copied out of the downloaded result
-    result = run.get_result(clean_up=False)
+    result = job.get_result(clean_up=False)
     try:
         if not result:
-            raise ConfigError(f"the job {run.get_job_id()} finished with status "
-                              f"{run.get_status()} and no result")
+            raise ConfigError(f"the job {job.get_job_id()} finished with status "
+                              f"{job.get_status()} and no result")
         report = copy_report(find_report(result), args.report_dir)
     finally:
         if args.env == "poc":
