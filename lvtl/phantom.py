@@ -71,6 +71,7 @@ class SiteProfile:
     patient_position: str  # HFS or FFS
     blood_hu: tuple[float, float]
     myo_hu: tuple[float, float]
+    rv_ratio: tuple[float, float]  # right-ventricular blood HU over LV blood HU (contrast protocol)
     noise_hu: tuple[float, float]
     blur_mm: tuple[float, float]  # Gaussian sigma of the reconstruction kernel, in-plane
     slice_blur_mm: float  # Gaussian sigma of the slice sensitivity profile
@@ -90,6 +91,9 @@ SITES: dict[str, SiteProfile] = {
         patient_position="HFS",
         blood_hu=(370.0, 450.0),
         myo_hu=(100.0, 150.0),
+        # Coronary CTA with a saline chaser: the chaser washes the contrast out of the right
+        # heart by the time the left heart is scanned, so the RV is only faintly opacified.
+        rv_ratio=(0.30, 0.50),
         noise_hu=(20.0, 27.0),
         blur_mm=(0.45, 0.6),
         slice_blur_mm=0.35,
@@ -110,6 +114,9 @@ SITES: dict[str, SiteProfile] = {
         patient_position="FFS",
         blood_hu=(300.0, 370.0),
         myo_hu=(80.0, 120.0),
+        # Retrospectively gated functional scan with a contrast-saline mix after the bolus: the
+        # RV stays opacified (for RV function), as bright as the LV blood pool or nearly.
+        rv_ratio=(0.80, 1.00),
         noise_hu=(30.0, 40.0),
         blur_mm=(0.8, 1.0),
         slice_blur_mm=0.6,
@@ -239,7 +246,7 @@ def draw_case(site: str, index: int, seed: int = 0, size: str = "small") -> Case
         long_shortening=rng.uniform(0.16, 0.22),
         blood_hu=rng.uniform(*prof.blood_hu),
         myo_hu=rng.uniform(*prof.myo_hu),
-        rv_ratio=rng.uniform(0.65, 0.95),
+        rv_ratio=rng.uniform(*prof.rv_ratio),
         noise_hu=rng.uniform(*prof.noise_hu),
         blur_mm=rng.uniform(*prof.blur_mm),
         heart_rate=rng.uniform(55, 75),
@@ -565,9 +572,8 @@ class Case:
         paint(_ellipsoid_sdf(pts, heart_c, np.eye(3), (68, 60, 70)), -90.0)  # mediastinal fat
         # Right ventricle (wall then blood), left atrium, aorta.
         frame = np.stack([self.axis, self.ref, self.ref2])
-        rv_r = np.array([48.0, 16.0, 30.0]) * (1 - 0.22 * f)
-        paint(_ellipsoid_sdf(pts, lay["rv_c"], frame, rv_r + 3.0), p.myo_hu * 0.95)
-        paint(_ellipsoid_sdf(pts, lay["rv_c"], frame, rv_r), p.blood_hu * p.rv_ratio)
+        paint(self._rv_sdf(pts, lay, f, wall=3.0), p.myo_hu * 0.95)
+        paint(self._rv_sdf(pts, lay, f), p.blood_hu * p.rv_ratio)
         d_plane = _dot(pts, lay["base_c"], self.axis)
         la_r = np.array([22.0, 28.0, 24.0]) * (1 + 0.15 * f)
         d_la = _ellipsoid_sdf(pts, lay["la_c"], frame, la_r)
@@ -587,6 +593,25 @@ class Case:
             leaf = np.maximum(np.abs(d_plane - 1.0) - 0.8, rho - 0.9 * lay["rho_base"])
             paint(leaf, p.myo_hu * 0.8)
         return img
+
+    def _rv_sdf(self, pts: Points, lay: dict, f: float, wall: float = 0.0) -> np.ndarray:
+        """The right ventricle's blood (``wall`` 0) or its outer wall surface, at contraction
+        ``f``; the LV, painted later, takes the shared septum."""
+        frame = np.stack([self.axis, self.ref, self.ref2])
+        radii = np.array([48.0, 16.0, 30.0]) * (1 - 0.22 * f) + wall
+        return _ellipsoid_sdf(pts, lay["rv_c"], frame, radii)
+
+    def right_ventricle_mask(self, phase: int) -> np.ndarray:
+        """Voxels of right-ventricular blood at ``phase`` (never LV labels)."""
+        g = self.geometry
+        out = np.zeros(g.shape, bool)
+        box = self._heart_box(0, g.shape[0])
+        if box is not None:
+            pts = self._points(box[0].start, box[0].stop, box[1:])
+            st = self.state(phase)
+            d = self._rv_sdf(pts, self._layout(st), contraction(phase, self.p.ed, self.p.es))
+            out[box] = d < 0
+        return out & (self.truth(phase)[0] == 0)
 
     def _papillary_sdf(self, pts: Points, st: LVState) -> np.ndarray:
         """Two papillary muscles hanging from the free wall into the cavity."""

@@ -122,6 +122,21 @@ def test_ct_intensities_and_noise(ed_es):
     assert img.min() < -700  # lung and air are in the field of view
 
 
+@pytest.mark.parametrize("site", ["site-1", "site-2"])
+def test_right_ventricle_follows_the_site_contrast_protocol(ed_es, site):
+    """Site 1's saline chaser leaves the RV faint, site 2's contrast-saline mix keeps it
+    bright: the RV blood in the image has the site's share of the LV blood's HU."""
+    case, (lab, _), _ = ed_es[site, 1]
+    p = case.p
+    lo, hi = SITES[site].rv_ratio
+    assert lo <= p.rv_ratio <= hi
+    ball = ndimage.generate_binary_structure(3, 1)
+    rv = ndimage.binary_erosion(case.right_ventricle_mask(p.ed), ball, iterations=2)
+    assert rv.sum() > 500 and not (rv & (lab > 0)).any()
+    img = case.render(p.ed)
+    assert img[rv].mean() == pytest.approx(p.blood_hu * p.rv_ratio, abs=20)
+
+
 def test_site_profiles_differ_like_two_hospitals():
     s1, s2 = SITES["site-1"], SITES["site-2"]
     assert s1.dense_labels and not s2.dense_labels
@@ -129,6 +144,7 @@ def test_site_profiles_differ_like_two_hospitals():
     assert s1.noise_hu[1] < s2.noise_hu[0]  # noise ranges do not overlap
     assert s1.blood_hu != s2.blood_hu and s1.blur_mm[1] < s2.blur_mm[0]
     assert s1.patient_position != s2.patient_position
+    assert s1.rv_ratio[1] < s2.rv_ratio[0]  # faint against opacified right ventricle
     assert s1.sizes["small"].slice_mm != s2.sizes["small"].slice_mm
     paper = s2.sizes["paper"]
     assert paper.matrix == 512 and paper.pixel_mm == (0.5, 0.5) and paper.slice_mm == 0.7
