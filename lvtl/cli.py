@@ -546,6 +546,10 @@ def study(
                                                  "must match the model's training.")] = 1,
     init: Annotated[str, typer.Option(help="Random arm init: default or normal.")]
     = "default",
+    lr_random: Annotated[float, typer.Option(help="Learning rate of the random arm (the "
+                                                  "paper: 1e-3).")] = 1e-3,
+    lr_transfer: Annotated[float, typer.Option(help="Learning rate of the transfer arm (the "
+                                                    "paper: 1e-4).")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Seed of training.")] = 0,
     split_seed: Annotated[int, typer.Option(help="Seed of the split and subsets.")] = 0,
     val_every: Annotated[int, typer.Option(help="Epochs between validations.")] = 1,
@@ -564,7 +568,8 @@ def study(
                         sizes=_ints(sizes, "sizes"), epochs=epochs,
                         samples_per_epoch=samples_per_epoch, crop=_ints(crop, "crop", 4),
                         seed=seed, split_seed=split_seed, init=init, val_every=val_every,
-                        downsample=downsample, device=device)
+                        downsample=downsample, device=device, lr_random=lr_random,
+                        lr_transfer=lr_transfer)
     protocol.check()
     cases, excluded = load_site_cases(cache, downsample)
     run_study(cases, state, source_config, protocol, out, site=site, excluded=excluded,

@@ -77,6 +77,9 @@ class Protocol:
                               + ", ".join(ARMS))
         if not self.sizes or min(self.sizes) < 1:
             raise ConfigError(f"training sizes must be positive, got {list(self.sizes)}")
+        for name in ("lr_random", "lr_transfer"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass

@@ -112,6 +112,8 @@ def test_pearson_is_reported_with_ci_and_n():
 def test_bad_protocols_are_refused():
     with pytest.raises(ConfigError, match="unknown arm"):
         Protocol(arms=("random", "magic")).check()
+    with pytest.raises(ConfigError, match="lr_transfer must be positive"):
+        Protocol(lr_transfer=0.0).check()
     with pytest.raises(ConfigError, match="unknown protocol field"):
         Protocol.from_dict({"arms": ["random"], "colour": "blue"})
     with pytest.raises(ConfigError, match="at least 3"):
@@ -141,10 +143,12 @@ def test_cli_trains_signs_and_studies_with_the_signed_model(tmp_path, site1_mode
     args = ["study", str(tmp_path / "cache2"), "--model", str(tmp_path / "art"), "--out",
             str(tmp_path / "study"), "--arms", "baseline,transfer", "--sizes", "1",
             "--epochs", "1", "--samples-per-epoch", "1", "--crop", "4,16,16,16"]
-    r = CliRunner().invoke(app, [*args, "--trust", str(pub)])
+    r = CliRunner().invoke(app, [*args, "--trust", str(pub), "--lr-transfer", "3e-4"])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "study" / "results.json").read_text())
     assert [x["arm"] for x in doc["sites"]["site"]["runs"]] == ["baseline", "transfer"]
+    last = torch.load(tmp_path / "study" / "runs" / "transfer-1" / "last.pt", weights_only=False)
+    assert last["settings"]["lr"] == 3e-4  # the learning rate asked for is the one trained with
     # the same artifact with a changed weight byte is refused before anything runs
     w = tmp_path / "art" / "weights.safetensors"
     data = bytearray(w.read_bytes())
