@@ -1,13 +1,21 @@
-"""Training-step benchmark on this machine's CPU: samples/s, peak memory, crop-loading share.
+"""Training-step benchmark: samples/s, peak memory, crop-loading share, and the time the paper's
+full protocol would take at that speed.
 
-Run: ``.venv/bin/python benchmarks/train.py [--cache DIR] [--steps N]``.
+Run: ``.venv/bin/python benchmarks/train.py [--cache DIR] [--steps N]`` (this machine's CPU), or
+on a GPU ``.venv/bin/python benchmarks/train.py --device cuda --bf16 --configs paper`` (the
+paper's crop 16 x 64 x 96 x 96 in bfloat16 autocast; ``--compile`` adds ``torch.compile``).
 
 Each configuration runs in a fresh child process (so its peak RSS is its own): a few warm-up
 steps, then ``--steps`` timed steps of Adam on ``masked_dice_loss`` with crops cut from a cached
 case (``--cache``: a case cache folder from ``lvtl preprocess``; default: a synthetic beating
 sphere of the small phantom's size). Loading = making the crop (``lvtl.data.random_crop`` +
 augmentation), measured inside the same loop. Results: stdout (markdown) and
-``benchmarks/results/train.json``.
+``benchmarks/results/train.json`` (``train-<device>.json`` off the CPU).
+
+The protocol estimate counts training crops only: the paper trains 500 epochs with one crop per
+training case and epoch, for the nested sizes 5, 10, ..., 30 (105 cases in all) in the random
+and the transfer arm, i.e. 500 x 105 x 2 = 105,000 crops at Site 2; validation and test
+inference are not included.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
+PAPER_PROTOCOL_CROPS = 500 * sum(range(5, 31, 5)) * 2  # epochs x training cases x arms
+
 CONFIGS = {
     "demo": {"filters": 4, "blocks": [1, 1, 1], "crop": [4, 24, 32, 32]},
     "paper-small-crop": {"filters": 8, "blocks": [1, 2, 4], "crop": [8, 32, 48, 48]},
@@ -30,7 +40,8 @@ CONFIGS = {
 }
 
 
-def worker(name: str, cache: str | None, steps: int) -> dict:
+def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: bool = False,
+           compile_: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -49,27 +60,49 @@ def worker(name: str, cache: str | None, steps: int) -> dict:
         case = make_case("bench", 0, t=20, n=128, labelled=(0, 7))
     model = LVNet4d(init_filters=cfg["filters"], blocks_down=tuple(cfg["blocks"]),
                     groups=min(8, cfg["filters"]))
+    dev = torch.device(device)
+    model.to(dev)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+    step_model = torch.compile(model) if compile_ else model
     tc = TrainConfig(crop=tuple(cfg["crop"]))
     rng = np.random.default_rng(0)
     load = total = 0.0
-    warm = 1 if name == "paper" else 2
+    warm = (1 if name == "paper" else 2) + (3 if compile_ or dev.type == "cuda" else 0)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     for i in range(warm + steps):
+        if i == warm and dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
         x, y, m = _batch([case], tc, rng)
+        x, y, m = x.to(dev), y.to(dev), m.to(dev)
+        sync()
         t1 = time.perf_counter()
-        loss = masked_dice_loss(model(x), y, m)
-        opt.zero_grad()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = step_model(x)
+        loss = masked_dice_loss(logits.float(), y, m)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync()
         t2 = time.perf_counter()
         if i >= warm:
             load += t1 - t0
             total += t2 - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    return {"config": name, **cfg, "steps": steps, "threads": torch.get_num_threads(),
-            "seconds_per_step": total / steps, "samples_per_s": steps / total,
-            "loading_share": load / total, "peak_rss_mib": peak}
+    row = {"config": name, **cfg, "device": str(dev), "bf16": bf16, "compile": compile_,
+           "steps": steps, "threads": torch.get_num_threads(),
+           "seconds_per_step": total / steps, "samples_per_s": steps / total,
+           "loading_share": load / total, "peak_rss_mib": peak}
+    if name == "paper":  # the paper's network and crop
+        row["paper_protocol_hours"] = PAPER_PROTOCOL_CROPS * total / steps / 3600
+    if dev.type == "cuda":
+        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        row["gpu"] = torch.cuda.get_device_name(dev)
+    return row
 
 
 def main() -> None:
@@ -77,29 +110,42 @@ def main() -> None:
     ap.add_argument("--cache", help="a case cache folder (default: synthetic)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.cache, args.steps)))
+        print(json.dumps(worker(args.worker, args.cache, args.steps, args.device, args.bf16,
+                                args.compile)))
         return
     rows = []
+    on_cpu = args.device == "cpu"
     for name in args.configs.split(","):
-        steps = 2 if name == "paper" else args.steps
-        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(steps)]
+        steps = 2 if name == "paper" and on_cpu else args.steps
+        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(steps),
+               "--device", args.device] + ["--bf16"] * args.bf16 + ["--compile"] * args.compile
         if args.cache:
             cmd += ["--cache", args.cache]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"{name}: the benchmark worker failed:\n{out.stderr.strip()[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(
+    name = "train.json" if on_cpu else f"train-{args.device.replace(':', '')}.json"
+    (RESULTS / name).write_text(json.dumps(
         {"benchmark": "train", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-         "cache": args.cache, "rows": rows}, indent=1) + "\n")
-    print("| config | filters / blocks | crop (t, z, y, x) | s / step | samples / s | "
-          "loading share | peak RSS MiB |\n|---|---|---|---:|---:|---:|---:|")
+         "cache": args.cache, "device": args.device, "rows": rows}, indent=1) + "\n")
+    print("| config | filters / blocks | crop (t, z, y, x) | device | s / step | samples / s | "
+          "loading share | peak RSS MiB | peak GPU MiB | paper protocol h |\n"
+          "|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['config']} | {r['filters']} / {r['blocks']} | {r['crop']} | "
+        gpu = f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else "-"
+        hours = f"{r['paper_protocol_hours']:.1f}" if "paper_protocol_hours" in r else "-"
+        dev = r["device"] + (" bf16" if r["bf16"] else "") + (" compiled" if r["compile"] else "")
+        print(f"| {r['config']} | {r['filters']} / {r['blocks']} | {r['crop']} | {dev} | "
               f"{r['seconds_per_step']:.2f} | {r['samples_per_s']:.2f} | "
-              f"{100 * r['loading_share']:.1f}% | {r['peak_rss_mib']:.0f} |")
+              f"{100 * r['loading_share']:.1f}% | {r['peak_rss_mib']:.0f} | {gpu} | {hours} |")
 
 
 if __name__ == "__main__":
