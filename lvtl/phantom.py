@@ -603,15 +603,19 @@ class Case:
 
     def right_ventricle_mask(self, phase: int) -> np.ndarray:
         """Voxels of right-ventricular blood at ``phase`` (never LV labels)."""
+        f = contraction(phase, self.p.ed, self.p.es)
+        rv = self._inside(phase, lambda pts, st: self._rv_sdf(pts, self._layout(st), f))
+        return rv & (self.truth(phase)[0] == 0)
+
+    def _inside(self, phase: int, sdf) -> np.ndarray:
+        """Voxels where ``sdf(points, state)`` is negative at ``phase`` (heart box only)."""
         g = self.geometry
         out = np.zeros(g.shape, bool)
         box = self._heart_box(0, g.shape[0])
         if box is not None:
             pts = self._points(box[0].start, box[0].stop, box[1:])
-            st = self.state(phase)
-            d = self._rv_sdf(pts, self._layout(st), contraction(phase, self.p.ed, self.p.es))
-            out[box] = d < 0
-        return out & (self.truth(phase)[0] == 0)
+            out[box] = sdf(pts, self.state(phase)) < 0
+        return out
 
     def _papillary_sdf(self, pts: Points, st: LVState) -> np.ndarray:
         """Two papillary muscles hanging from the free wall into the cavity."""
@@ -655,13 +659,7 @@ class Case:
 
     def papillary_mask(self, phase: int) -> np.ndarray:
         """Voxels of the papillary muscles at ``phase`` (labelled blood pool by consensus)."""
-        g = self.geometry
-        out = np.zeros(g.shape, bool)
-        box = self._heart_box(0, g.shape[0])
-        if box is not None:
-            pts = self._points(box[0].start, box[0].stop, box[1:])
-            out[box] = self._papillary_sdf(pts, self.state(phase)) < 0
-        return out
+        return self._inside(phase, self._papillary_sdf)
 
     def flood_fill_labels(self, truth: np.ndarray, phase: int) -> np.ndarray:
         """The labels as a contouring tool's flood fill delivers them.
