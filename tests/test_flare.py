@@ -142,8 +142,8 @@ def test_simulator_runs_the_study_at_every_site_and_reports(federation, tmp_path
 def test_exported_job_folder_has_the_server_and_site_apps(federation, tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"),
                           "--artifact", str(federation / "artifact"), "--export",
-                          "--export-dir", str(tmp_path)], capture_output=True, text=True,
-                         timeout=300)
+                          "--export-dir", str(tmp_path), "--lr-transfer", "3e-4"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     job = tmp_path / "lvtl_study"
     meta = json.loads((job / "meta.json").read_text())
@@ -151,6 +151,7 @@ def test_exported_job_folder_has_the_server_and_site_apps(federation, tmp_path):
     server_cfg = json.loads(next(job.rglob("config_fed_server.json")).read_text())
     client_cfg = json.loads(next(job.rglob("config_fed_client.json")).read_text())
     assert "StudyController" in json.dumps(server_cfg["workflows"])
+    assert '"lr_transfer": 0.0003' in json.dumps(server_cfg["workflows"])  # the protocol sent
     assert "MetricsOnlyFilter" in json.dumps(client_cfg["task_result_filters"])
     assert next(job.rglob("manifest.json")).is_file()  # the signed model travels in the job
 

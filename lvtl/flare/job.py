@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--crop", default="16,64,96,96")
     ap.add_argument("--downsample", type=int, default=1)
     ap.add_argument("--val-every", type=int, default=1)
+    ap.add_argument("--lr-random", type=float, default=1e-3,
+                    help="learning rate of the random arm (the paper: 1e-3)")
+    ap.add_argument("--lr-transfer", type=float, default=1e-4,
+                    help="learning rate of the transfer arm (the paper: 1e-4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=int, default=0, help="seconds to wait for the sites")
     ap.add_argument("--report-dir", default="lvtl-report",
@@ -80,7 +84,8 @@ def run(argv: list[str] | None = None) -> Path | None:
     protocol = Protocol(arms=tuple(args.arms.split(",")), sizes=parse_ints(args.sizes, "sizes"),
                         epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
                         crop=parse_ints(args.crop, "crop", 4), downsample=args.downsample,
-                        val_every=args.val_every, seed=args.seed)
+                        val_every=args.val_every, seed=args.seed, lr_random=args.lr_random,
+                        lr_transfer=args.lr_transfer)
     clients = args.clients.split(",")
     recipe = StudyRecipe(args.artifact, protocol, min_clients=len(clients) if args.env != "prod"
                          else 1, timeout=args.timeout)
