@@ -47,7 +47,7 @@ def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: 
 
     sys.path.insert(0, str(REPO / "tests"))
     from lvtl.model import LVNet4d
-    from lvtl.train import TrainConfig, _batch, masked_dice_loss
+    from lvtl.train import TrainConfig, _batch, batch_loss
 
     cfg = CONFIGS[name]
     if cache:
@@ -81,9 +81,7 @@ def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: 
         x, y, m = x.to(dev), y.to(dev), m.to(dev)
         sync()
         t1 = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = step_model(x)
-        loss = masked_dice_loss(logits.float(), y, m)
+        loss = batch_loss(step_model, x, y, m, bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

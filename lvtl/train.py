@@ -182,6 +182,15 @@ def _batch(cases, cfg: TrainConfig, rng: np.random.Generator):
             torch.from_numpy(np.stack(masks)))
 
 
+def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
+               bf16: bool = False) -> torch.Tensor:
+    """The training loss of one batch: the forward pass (in bfloat16 autocast if ``bf16``) and
+    ``masked_dice_loss`` in float32."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    return masked_dice_loss(logits.float(), y, m)
+
+
 def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: TrainConfig,
           out_dir: str | Path, *, transfer: bool = False, meta: dict | None = None,
           log_fn=None) -> TrainResult:
@@ -244,9 +253,7 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
             t1 = time.perf_counter()
             x, y, m = x.to(device), y.to(device), m.to(device)
             try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    logits = step_model(x)
-                loss = masked_dice_loss(logits.float(), y, m)
+                loss = batch_loss(step_model, x, y, m, cfg.bf16)
                 value = float(loss.detach())
                 if not np.isfinite(value):
                     raise TrainError(f"epoch {epoch + 1}: the loss is {value}; stopped. "
