@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lvtl.model import Conv4d
+from lvtl.model.network import Conv4d
 
 
 def loop_conv4d(x: torch.Tensor, conv: Conv4d) -> torch.Tensor:

@@ -6,7 +6,7 @@ Three methods are then timed, each in a fresh child process (this script run aga
 ``--method``), so that each one's peak resident memory is its own:
 
 ``lvtl``
-    ``lvtl.preprocess.preprocess_case(case, out, PreprocessConfig(), force=True)``: header scan
+    ``lvtl.data.preprocess.preprocess_case(case, out, PreprocessConfig(), force=True)``: header scan
     and checks, phase-by-phase read, resampling to the canonical 1 mm grid, label repair and
     resampling of the labelled phases, and the int16 cache written to disk.
 ``monai``
@@ -86,7 +86,7 @@ def case_params(slices: int | None):
     """Parameters of the benchmark case; with ``slices``, a shorter variant of it."""
     import dataclasses
 
-    from lvtl.phantom import draw_case
+    from lvtl.synth.profiles import draw_case
 
     params = draw_case(SITE, INDEX, seed=SEED, size=SIZE)
     if slices is not None:
@@ -106,7 +106,7 @@ def ensure_case(workdir: Path, slices: int | None) -> tuple[Path, float | None]:
         stored = _stored_params(final)
         if stored == json.loads(json.dumps(params.to_dict())):
             return final, None
-        print(f"{final} was drawn by another version of lvtl.phantom.draw_case "
+        print(f"{final} was drawn by another version of lvtl.synth.profiles.draw_case "
               f"({'no truth/case.json' if stored is None else 'parameters differ'}); "
               f"regenerating it", flush=True)
     print(f"generating {params.case_id} ({params.slices} slices x 20 phases of "
@@ -193,7 +193,8 @@ def child_plain(case_dir: Path, out_dir: Path) -> dict:
 def child_lvtl(case_dir: Path, out_dir: Path, profile: Path | None = None) -> dict:
     import numpy as np
 
-    from lvtl.preprocess import PreprocessConfig, load_cached, preprocess_case
+    from lvtl.data.cache import load_cached
+    from lvtl.data.preprocess import PreprocessConfig, preprocess_case
 
     baseline = _rss_now_mib()
     config = PreprocessConfig()
@@ -291,7 +292,7 @@ def child_monai(case_dir: Path, out_dir: Path) -> dict:
 
 def run_child_method(args: argparse.Namespace) -> None:
     if args.method == "generate":
-        from lvtl.phantom import write_case
+        from lvtl.synth.site import write_case
 
         write_case(case_params(args.slices), Path(args.out), overwrite=True)
         return

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lvtl.metrics import dice
-from lvtl.phantom import Case, draw_case
-from lvtl.preprocess import repair_labels
+from lvtl.data.repair import repair_labels
+from lvtl.measure.metrics import dice
+from lvtl.synth.case import Case
+from lvtl.synth.profiles import draw_case
 
 SETTINGS = [("none", 0, "2d"), ("2d r=3", 3, "2d"), ("2d r=5 (default)", 5, "2d"),
             ("3d r=3", 3, "3d"), ("3d r=5", 5, "3d")]

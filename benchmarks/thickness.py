@@ -113,7 +113,7 @@ def run_pyezzi(python: str | None, volumes: dict[str, np.ndarray]) -> dict[str, 
 
 # --------------------------------------------------------------------------- lvtl parts
 def accuracy(cases, pyezzi_python):
-    from lvtl.thickness import wall_thickness
+    from lvtl.measure.thickness import wall_thickness
 
     vols = {f"{k}_{t:g}_{s}": shell(k, r, t, s) for k, r, t, s in cases}
     pz = run_pyezzi(pyezzi_python, vols)
@@ -137,8 +137,8 @@ def accuracy(cases, pyezzi_python):
 
 
 def speed(pyezzi_python, repeats: int):
-    from lvtl.thickness import (
-        SOLVERS,
+    from lvtl.measure.thickness import (
+        Solver,
         _assemble,
         _check,
         _links,
@@ -157,7 +157,7 @@ def speed(pyezzi_python, repeats: int):
         g, _ = _prepare(labels, sp, 1.2)
         system = _assemble(g, _links(g, 60.0))
         for tol in TOLERANCES:
-            for solver in SOLVERS:
+            for solver in Solver:
                 _, info = solve_laplace(system, solver, tol)
                 key = f"{solver}_{tol:g}"
                 best[key] = min(best.get(key, 1e9), info["solve_seconds"])
@@ -166,7 +166,7 @@ def speed(pyezzi_python, repeats: int):
            "lvtl_total_seconds": best["lvtl_total"], "lvtl_tol": 1e-6,
            "lvtl_median_err": float(res.median - 10.0), "solvers": [
                {"tol": tol, **{f"{sv}_{what}": best[f"{sv}_{tol:g}{key}"]
-                                for sv in SOLVERS
+                                for sv in Solver
                                 for what, key in (("seconds", ""), ("iterations", "_iterations"))},
                 "jacobi_over_cg": best[f"jacobi_{tol:g}"] / best[f"cg_{tol:g}"],
                 "jacobi_over_cg_full": best[f"jacobi_{tol:g}"] / best[f"cg-full_{tol:g}"]}
@@ -181,7 +181,7 @@ def speed(pyezzi_python, repeats: int):
 
 
 def scaling(sizes):
-    from lvtl.thickness import wall_thickness
+    from lvtl.measure.thickness import wall_thickness
 
     rows = []
     for n in sizes:
@@ -220,7 +220,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "thickness.json").write_text(json.dumps(result, indent=1) + "\n")
 
-    from lvtl.thickness import SOLVERS
+    from lvtl.measure.thickness import Solver
 
     methods = ["streamline", "pde"] + (["pyezzi"] if any("pyezzi" in r for r in acc) else [])
     print("| shape | thickness mm | " + " | ".join(f"{m} median err mm / RMS voxel"
@@ -244,7 +244,7 @@ def main() -> None:
              f"{spd['pyezzi_over_lvtl']:.2f}x)" if "pyezzi_seconds" in spd else ""))
     for row in spd["solvers"]:
         print(f"  tol {row['tol']:g}: " + ", ".join(
-            f"{sv} {row[sv + '_seconds']:.3f} s ({row[sv + '_iterations']} it)" for sv in SOLVERS)
+            f"{sv} {row[sv + '_seconds']:.3f} s ({row[sv + '_iterations']} it)" for sv in Solver)
             + f"; Jacobi / CG {row['jacobi_over_cg']:.1f}x, Jacobi / full-system CG "
             f"{row['jacobi_over_cg_full']:.1f}x")
     print("\n| grid | unknowns | CG iterations | solve s | total s |\n|---|---|---|---|---|")

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lvtl.metrics import pearson
-from lvtl.phantom import Case, draw_case
-from lvtl.preprocess import canonical_grid, resample, resample_labels
-from lvtl.thickness import wall_thickness
+from lvtl.data.resample import canonical_grid, resample, resample_labels
+from lvtl.measure.metrics import pearson
+from lvtl.measure.thickness import wall_thickness
+from lvtl.synth.case import Case
+from lvtl.synth.profiles import draw_case
 
 
 def measure(labels, analytic, spacing):

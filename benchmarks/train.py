@@ -46,12 +46,12 @@ def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: 
     import torch
 
     sys.path.insert(0, str(REPO / "tests"))
-    from lvtl.model import LVNet4d
-    from lvtl.train import TrainConfig, _batch, batch_loss
+    from lvtl.model.network import LVNet4d
+    from lvtl.model.train import TrainConfig, _batch, batch_loss
 
     cfg = CONFIGS[name]
     if cache:
-        from lvtl.preprocess import load_cached
+        from lvtl.data.cache import load_cached
 
         case = load_cached(cache)
     else:

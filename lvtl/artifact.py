@@ -59,11 +59,13 @@ import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lvtl.errors import ArtifactError
+from lvtl.errors import ArtifactError, ConfigError
+from lvtl.labels import NAMES
+from lvtl.model.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +73,14 @@ SCHEMA = "lvtl.artifact/1"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
+#: The files of an artifact folder, as they travel in a task.
+ARTIFACT_FILES = (MANIFEST, SIGNATURE, WEIGHTS)
 ALG = "Ed25519"
 PRIVATE_KEY = "signing_key.pem"
 PUBLIC_SUFFIX = ".pub.pem"
 CHUNK = 1 << 20  # bytes read at a time when hashing
 MAX_MANIFEST = 16 << 20
 MAX_SIGNATURE = 64 << 10
-DEFAULT_LABELS = {"0": "background", "1": "lv_blood_pool", "2": "lv_myocardium"}
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
                      r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
                      r"(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
@@ -293,38 +296,6 @@ class VerifiedArtifact:
 
 
 # --------------------------------------------------------------------------- sign
-def _read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
-    import pickle
-
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, EOFError,
-            TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path}: refused: not a plain tensor checkpoint "
-                            f"(torch.load weights_only: {first})") from None
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{path}: a checkpoint must be a dict, got {type(obj).__name__}")
-    if "state_dict" in obj:
-        extra = sorted(set(obj) - {"state_dict", "config", "meta"})
-        if extra:
-            raise ArtifactError(f"{path}: unknown checkpoint key {extra[0]!r}; "
-                                "allowed: state_dict, config, meta")
-        sd, config, meta = obj["state_dict"], obj.get("config") or {}, obj.get("meta") or {}
-    else:
-        sd, config, meta = obj, {}, {}
-    if not isinstance(sd, dict) or not sd:
-        raise ArtifactError(f"{path}: the state dict is empty or not a dict")
-    for k, v in sd.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise ArtifactError(f"{path}: state dict entry {k!r} is not a named tensor")
-    if not isinstance(config, dict) or not isinstance(meta, dict):
-        raise ArtifactError(f"{path}: checkpoint 'config' and 'meta' must be dicts")
-    return sd, config, meta
 
 
 def _plain_tensors(sd: dict) -> dict:
@@ -369,11 +340,11 @@ def sign(checkpoint: str | Path, key_path: str | Path, out_dir: str | Path, *, n
         raise ArtifactError(f"{out}: exists; choose a new artifact folder")
     key = load_signing_key(key_path, passphrase)
     kid = key_id(key.public_key())
-    sd, config, meta = _read_checkpoint(checkpoint)
+    sd, config, meta = read_checkpoint(checkpoint)
     sections: dict[str, Any] = {
         "architecture": config.get("architecture", {"name": "unknown", "hyperparameters": {}}),
         "input": config.get("input", {}),
-        "labels": config.get("labels", DEFAULT_LABELS),
+        "labels": config.get("labels", NAMES),
         "preprocessing": config.get("preprocessing", {}),
         "provenance": meta.get("provenance", {}),
         "metrics": meta.get("metrics", {}),
@@ -394,7 +365,7 @@ def sign(checkpoint: str | Path, key_path: str | Path, out_dir: str | Path, *, n
         manifest = {
             "schema": SCHEMA, "name": name, "version": version, **sections,
             "files": {WEIGHTS: {"sha256": digest, "size": size}},
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "key_id": kid,
         }
         body = canonical_json(manifest)
@@ -587,3 +558,19 @@ def load_verified(artifact_dir: str | Path, trust: TrustStore) -> tuple[dict, di
     except Exception as e:  # safetensors raises its own SafetensorError
         raise ArtifactError(f"{p}: signed but not valid safetensors ({e})") from None
     return state_dict, art.manifest
+
+
+def load_model_source(path: str | Path, trust: TrustStore | None = None) -> tuple[dict, dict]:
+    """The Site-1 model as ``(state_dict, config)``: a signed artifact folder, verified
+    against ``trust`` (a :class:`lvtl.artifact.TrustStore`; required), or, for the model
+    owner's own use, a checkpoint written by ``lvtl train``."""
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).exists():
+        if trust is None:
+            raise ConfigError(f"{path}: a signed artifact needs trusted keys to be verified")
+        state, manifest = load_verified(path, trust)
+        return state, {"architecture": manifest["architecture"]}
+    state, config, _ = read_checkpoint(path)
+    if "architecture" not in config:
+        raise ConfigError(f"{path}: the checkpoint does not say its architecture")
+    return state, config

@@ -1,22 +1,31 @@
 """Site configuration: typed, validated, loaded from TOML.
 
-A site's own file (``sites/<site>/site.toml`` in the templates) says where its private data is,
-how to preprocess it and which keys it trusts. Private paths come from this file or from the
+A site's own file (``sites/<site>/site.toml`` in the templates) says what the site is (its name
+and role), where its private data is, how it splits its cases, how to preprocess them and which
+keys it trusts. Private paths come from this file or from the
 environment (``LVTL_DATA_ROOT`` overrides ``[data] root``), never from a job.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 
-import tomllib
+from lvtl.artifact import TrustStore
+from lvtl.data.preprocess import PreprocessConfig
+from lvtl.errors import ConfigError, choose
 
-from lvtl.errors import ConfigError
-from lvtl.preprocess import PreprocessConfig
 
-ROLES = ("model-owner", "participant")
+class SiteRole(StrEnum):
+    """What a site is in the study; reported with its results, so the coordinator can tell the
+    model owner's home evaluation from a receiving site's transfer."""
+
+    MODEL_OWNER = "model-owner"
+    PARTICIPANT = "participant"
 
 
 @dataclass(frozen=True)
@@ -24,26 +33,15 @@ class SiteConfig:
     """One site's settings."""
 
     name: str
-    role: str = "participant"
+    role: SiteRole = SiteRole.PARTICIPANT
     data_root: Path | None = None
     cache_root: Path | None = None
-    split_seed: int = 0
+    split_seed: int = 0  # the site's own split of its cases; replaces a job's split seed
     trusted_keys: Path | None = None
     revoked_keys: tuple[str, ...] = ()
     min_artifact_version: str | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     source: Path | None = None
-
-
-def parse_ints(text: str, name: str, n: int | None = None) -> tuple[int, ...]:
-    """Comma-separated positive integers of option ``--name`` (``n`` of them if given)."""
-    try:
-        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--{name}: expected comma-separated integers, got {text!r}") from None
-    if not vals or (n is not None and len(vals) != n) or min(vals) < 1:
-        raise ConfigError(f"--{name}: expected {n or 'some'} positive integers, got {text!r}")
-    return vals
 
 
 def _section(doc: dict, name: str, allowed: set[str], path: Path) -> dict:
@@ -88,9 +86,10 @@ def load_site_config(path: str | Path) -> SiteConfig:
     name = site.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: [site] name is required")
-    role = site.get("role", "participant")
-    if role not in ROLES:
-        raise ConfigError(f"{path}: unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    try:
+        role = choose(SiteRole, site.get("role", SiteRole.PARTICIPANT), "role")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: [site] {e}") from None
     root = _path(os.environ.get("LVTL_DATA_ROOT") or data.get("root"), base, "[data] root")
     try:
         pre_cfg = PreprocessConfig(**pre)
@@ -119,3 +118,18 @@ def load_site_config(path: str | Path) -> SiteConfig:
         preprocess=pre_cfg,
         source=path,
     )
+
+
+def trust_store(keys: Path | None = None, revoked: Iterable[str] = (),
+                min_version: str | None = None, config: Path | None = None) -> TrustStore:
+    """Pinned keys from ``keys`` (a public key file or a folder of them) or from a site
+    config's ``[trust]`` section, plus the given and the config's revocations; ``min_version``
+    overrides the config's."""
+    if keys is None and config is None:
+        raise ConfigError("give --trust PUBKEY_OR_DIR or a site --config with [trust] keys")
+    site = load_site_config(config) if config is not None else None
+    store = (TrustStore.from_path(keys) if keys is not None
+             else TrustStore.from_site_config(site))
+    rev = set(revoked) | set(site.revoked_keys if site else ())
+    return TrustStore(keys=store.keys, revoked=frozenset(rev),
+                      min_version=min_version or (site.min_artifact_version if site else None))

@@ -6,6 +6,12 @@ exit code and prints one line (``str(error)``), which names the file or case and
 
 from __future__ import annotations
 
+import difflib
+from enum import Enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=Enum)
+
 
 class LvtlError(Exception):
     """Base class of every error lvtl raises on purpose."""
@@ -62,3 +68,18 @@ class SeriesProblems(DicomError):
         self.source = source
         self.problems = list(problems)
         super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+def choose(kind: type[E], value: str | E, what: str,
+           error: type[LvtlError] = ConfigError) -> E:
+    """``value`` as a member of the Enum ``kind``, or a :class:`ConfigError` naming ``what``,
+    the bad value, the allowed values and the closest one ("did you mean"); ``error`` is the
+    class raised (the caller's own, where a bad choice is its kind of error)."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = [str(m.value) for m in kind]
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise error(f"unknown {what} {value!r}{hint}; choose one of: "
+                          f"{', '.join(allowed)}") from None

@@ -1,4 +1,5 @@
-"""Run one function over many cases, in worker processes when asked, with a progress bar."""
+"""Progress and parallelism: the progress callback type, and one function over many cases in
+worker processes when asked, with a progress bar."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from tqdm import tqdm
+
+#: The one progress callback of lvtl (named ``say`` wherever it is taken): one line of text.
+Say = Callable[[str], None]
 
 J = TypeVar("J")
 R = TypeVar("R")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lvtl.phantom import draw_case, write_case
+from lvtl.synth.profiles import draw_case
+from lvtl.synth.site import write_case
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Each case is a ``(t, n, n, n)`` HU volume: a contrast-filled blood pool whose radius changes
 over the cycle inside a myocardial shell about 3 voxels thick, in noisy tissue. The object
-mimics :class:`lvtl.preprocess.CachedCase` (``case_id``, ``image``, ``label``, ``labelled``).
+mimics :class:`lvtl.data.preprocess.CachedCase` (``case_id``, ``image``, ``label``, ``labelled``).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def write_cache(case: Case, root) -> None:
     import json
     from pathlib import Path
 
-    from lvtl.geometry import Geometry
-    from lvtl.preprocess import CACHE_SCHEMA
+    from lvtl.data.cache import CACHE_SCHEMA
+    from lvtl.io.geometry import Geometry
 
     d = Path(root) / case.case_id
     d.mkdir(parents=True)

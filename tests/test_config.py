@@ -12,7 +12,7 @@ SITES = Path(__file__).resolve().parents[1] / "sites"
 def test_site_templates_load(site, role, monkeypatch):
     monkeypatch.delenv("LVTL_DATA_ROOT", raising=False)
     cfg = load_site_config(SITES / site / "site.toml")
-    assert cfg.name == site and cfg.role == role
+    assert cfg.name == site and cfg.role == role and cfg.split_seed in (1, 2)
     assert cfg.preprocess.repair_radius == 5 and cfg.preprocess.spacing_mm == 1.0
     assert cfg.trusted_keys == SITES / site / "trusted_keys"
 

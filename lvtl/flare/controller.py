@@ -9,7 +9,12 @@ from pathlib import Path
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from lvtl.flare.site import failed, pack_artifact
+from lvtl.artifact import MANIFEST
+from lvtl.errors import ConfigError
+from lvtl.flare.site import pack_artifact
+from lvtl.study.protocol import Protocol
+from lvtl.study.report import write_report
+from lvtl.study.results import ResultsDoc, SiteResults
 
 TASK = "lvtl_study"
 
@@ -34,23 +39,23 @@ class StudyController(ModelController):
         # FedJob copies the artifact folder's files into the server app's custom/ folder
         app = Path(self.get_app_dir())
         for cand in (app / "custom" / self.artifact, app / self.artifact, app / "custom"):
-            if (cand / "manifest.json").is_file():
+            if (cand / MANIFEST).is_file():
                 return cand
         return app / "custom" / self.artifact
 
     def run(self) -> None:
-        from lvtl.report import write_report
-
         files = pack_artifact(self._artifact_dir())
         clients = self.sample_clients()
-        sites: dict[str, dict] = {}
+        sites: dict[str, SiteResults] = {}
 
         def collect(result: FLModel) -> None:
             name = result.meta.get("client_name", "?")
-            section = (result.params or {}).get("site")
-            sites[name] = section if isinstance(section, dict) else failed(
-                "the site sent no results section")
-            self.info(f"results from {name}: {sites[name].get('status')}")
+            try:
+                sites[name] = SiteResults.from_dict((result.params or {}).get("site"))
+            except ConfigError as e:
+                self.error(f"results from {name} refused: {e}")
+                sites[name] = SiteResults.failed("the site sent no valid results section")
+            self.info(f"results from {name}: {sites[name].status}")
 
         # one task per site: a site that dies or times out ends only its own task, so the
         # others' results are never dropped with it
@@ -64,10 +69,10 @@ class StudyController(ModelController):
             time.sleep(1.0)
         for name in clients:
             if name not in sites:
-                sites[name] = failed("no results: the site's task failed, its process ended, "
-                                     f"or it did not finish within the timeout "
-                                     f"({self.timeout or 'none'} s); see the site's log")
-        doc = {"schema": "lvtl.report/1", "protocol": self.protocol,
-               "sites": {name: sites[name] for name in clients}}
+                sites[name] = SiteResults.failed(
+                    "no results: the site's task failed, its process ended, or it did not "
+                    f"finish within the timeout ({self.timeout or 'none'} s); see the site's log")
+        doc = ResultsDoc(sites={name: sites[name] for name in clients},
+                         protocol=Protocol.from_dict(self.protocol))
         out = write_report(doc, self.get_run_dir())
         self.info(f"report written: {out}")

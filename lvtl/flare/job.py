@@ -16,46 +16,72 @@ Every way ends by copying the server's report (``report.json``, ``report.md``, t
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from lvtl.config import parse_ints
-from lvtl.errors import ConfigError
+from lvtl.errors import ConfigError, LvtlError
 from lvtl.flare.recipe import StudyRecipe
-from lvtl.study import Protocol
+from lvtl.io.atomic import copy_file
+from lvtl.study import protocol as proto
+from lvtl.study.protocol import Protocol
 
 REPORT_FILES = ("report.json", "report.md", "dice_by_size.png")
+ENVS = ("sim", "poc", "prod")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Where and how the job runs (everything but the protocol).
+
+    Args:
+        artifact: the signed Site-1 model artifact folder.
+        env: ``sim`` (simulator), ``poc`` (a fresh local POC) or ``prod`` (a provisioned
+            federation through an admin startup kit).
+        clients: the sites (sim and poc).
+        workspace: the simulator's workspace.
+        startup_kit: the admin startup kit (prod); ``username`` its admin user.
+        timeout: seconds the server waits for each site (0: no limit).
+        report_dir: where the server's report is copied when the job ends.
+    """
+
+    artifact: Path
+    env: str = "sim"
+    clients: tuple[str, ...] = ("site-1", "site-2")
+    workspace: Path = Path("/tmp/nvflare/lvtl_study")
+    startup_kit: Path | None = None
+    username: str = "coordinator@example.org"
+    timeout: int = 0
+    report_dir: Path = Path("lvtl-report")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="job.py", description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", required=True, help="signed Site-1 model artifact folder")
-    ap.add_argument("--env", choices=("sim", "poc", "prod"), default="sim")
+    ap.add_argument("--env", choices=ENVS, default="sim")
     ap.add_argument("--clients", default="site-1,site-2", help="sites (sim and poc)")
     ap.add_argument("--workspace", default="/tmp/nvflare/lvtl_study", help="simulator workspace")
     ap.add_argument("--startup-kit", help="admin startup kit (prod)")
     ap.add_argument("--username", default="coordinator@example.org",
                     help="admin user of the startup kit (prod; sites/project.yml's admin)")
-    ap.add_argument("--arms", default="baseline,random,transfer")
-    ap.add_argument("--sizes", default="5,10,15,20,25,30")
-    ap.add_argument("--epochs", type=int, default=500)
-    ap.add_argument("--samples-per-epoch", type=int, default=0)
-    ap.add_argument("--crop", default="16,64,96,96")
-    ap.add_argument("--downsample", type=int, default=1)
-    ap.add_argument("--val-every", type=int, default=1)
-    ap.add_argument("--lr-random", type=float, default=1e-3,
-                    help="learning rate of the random arm (the paper: 1e-3)")
-    ap.add_argument("--lr-transfer", type=float, default=1e-4,
-                    help="learning rate of the transfer arm (the paper: 1e-4)")
-    ap.add_argument("--seed", type=int, default=0)
+    for o in proto.options():  # the study protocol's options, declared once in lvtl.study
+        if o.site_only:
+            continue
+        ap.add_argument(o.flag, dest=o.name, default=None, help=f"{o.help} Default: {o.default}",
+                        type=None if o.kind is str else o.kind)
     ap.add_argument("--timeout", type=int, default=0, help="seconds to wait for the sites")
     ap.add_argument("--report-dir", default="lvtl-report",
                     help="where the server's report is copied when the job ends")
     ap.add_argument("--export", action="store_true", help="write the job folder and stop")
     ap.add_argument("--export-dir", default="fl_job")
     return ap
+
+
+def protocol_from_args(args: argparse.Namespace) -> Protocol:
+    """The protocol the job sends: the options given on the command line, defaults for the
+    others."""
+    return proto.from_options({o.name: getattr(args, o.name) for o in proto.options()
+                               if not o.site_only and getattr(args, o.name) is not None})
 
 
 def find_report(result: str | Path) -> Path:
@@ -72,57 +98,65 @@ def copy_report(report: Path, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
         if (report.parent / name).is_file():
-            tmp = out / f".{name}.partial"
-            shutil.copy2(report.parent / name, tmp)
-            os.replace(tmp, out / name)
+            copy_file(report.parent / name, out / name)
     return (out / "report.json").resolve()
 
 
-def run(argv: list[str] | None = None) -> Path | None:
-    """Build the job from the command line and export or run it; the report's path."""
-    args = parser().parse_args(argv)
-    protocol = Protocol(arms=tuple(args.arms.split(",")), sizes=parse_ints(args.sizes, "sizes"),
-                        epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-                        crop=parse_ints(args.crop, "crop", 4), downsample=args.downsample,
-                        val_every=args.val_every, seed=args.seed, lr_random=args.lr_random,
-                        lr_transfer=args.lr_transfer)
-    clients = args.clients.split(",")
-    recipe = StudyRecipe(args.artifact, protocol, min_clients=len(clients) if args.env != "prod"
-                         else 1, timeout=args.timeout)
-    if args.export:
-        recipe.export(args.export_dir)
-        print(f"{args.export_dir}/lvtl_study")
-        return None
-    if args.env == "sim":
+def recipe(protocol: Protocol, settings: JobSettings) -> StudyRecipe:
+    return StudyRecipe(settings.artifact, protocol,
+                       min_clients=len(settings.clients) if settings.env != "prod" else 1,
+                       timeout=settings.timeout)
+
+
+def run_job(protocol: Protocol, settings: JobSettings) -> Path:
+    """Run the study job in ``settings.env`` and copy the server's report to
+    ``settings.report_dir``; returns the path of the copied ``report.json``."""
+    if settings.env == "sim":
         from nvflare.recipe import SimEnv
 
-        env = SimEnv(clients=clients, workspace_root=args.workspace)
-    elif args.env == "poc":
+        env = SimEnv(clients=list(settings.clients), workspace_root=str(settings.workspace))
+    elif settings.env == "poc":
         from nvflare.recipe import PocEnv
 
-        env = PocEnv(clients=clients)
-    else:
+        env = PocEnv(clients=list(settings.clients))
+    elif settings.env == "prod":
         from nvflare.recipe import ProdEnv
 
-        env = ProdEnv(startup_kit_location=args.startup_kit, username=args.username)
-    job = recipe.execute(env)
+        env = ProdEnv(startup_kit_location=str(settings.startup_kit),
+                      username=settings.username)
+    else:
+        raise ConfigError(f"unknown env {settings.env!r}; choose one of: {', '.join(ENVS)}")
+    job = recipe(protocol, settings).execute(env)
     # keep the POC workspace until the report is copied out of the downloaded result
     result = job.get_result(clean_up=False)
     try:
         if not result:
             raise ConfigError(f"the job {job.get_job_id()} finished with status "
                               f"{job.get_status()} and no result")
-        report = copy_report(find_report(result), args.report_dir)
+        return copy_report(find_report(result), settings.report_dir)
     finally:
-        if args.env == "poc":
+        if settings.env == "poc":
             env.stop(clean_up=True)
-    return report
+
+
+def run(argv: list[str] | None = None) -> Path | None:
+    """Build the job from the command line and export or run it; the report's path."""
+    args = parser().parse_args(argv)
+    protocol = protocol_from_args(args)
+    settings = JobSettings(
+        artifact=Path(args.artifact), env=args.env,
+        clients=tuple(c for c in args.clients.split(",") if c), workspace=Path(args.workspace),
+        startup_kit=Path(args.startup_kit) if args.startup_kit else None,
+        username=args.username, timeout=args.timeout, report_dir=Path(args.report_dir))
+    if args.export:
+        recipe(protocol, settings).export(args.export_dir)
+        print(f"{args.export_dir}/lvtl_study")
+        return None
+    return run_job(protocol, settings)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the report's path printed last, or one error line."""
-    from lvtl.errors import LvtlError
-
     try:
         report = run(argv)
     except LvtlError as e:

@@ -14,7 +14,7 @@ from nvflare.recipe.spec import Recipe
 from lvtl.flare.controller import TASK, StudyController
 from lvtl.flare.filters import MetricsOnlyFilter
 from lvtl.flare.site import pack_artifact
-from lvtl.study import Protocol
+from lvtl.study.protocol import Protocol
 
 SITE_SCRIPT = Path(__file__).with_name("site_task.py")
 
@@ -29,7 +29,6 @@ class StudyRecipe(Recipe):
                  min_clients: int = 1, timeout: int = 0):
         artifact = Path(artifact).resolve()
         pack_artifact(artifact)  # refuse a folder that is not an artifact now, not at run time
-        protocol.check()
         job = FedJob(name=name, min_clients=min_clients)
         job.to_server(StudyController(artifact=artifact.name, protocol=protocol.to_dict(),
                                       timeout=timeout))

@@ -7,6 +7,7 @@ on its own. The site's private settings come from its own configuration, never f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,10 +16,18 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from lvtl.artifact import ARTIFACT_FILES, MANIFEST, TrustStore, load_model_source
+from lvtl.config import load_site_config
+from lvtl.data.cache import load_site_cases
+from lvtl.data.preprocess import preprocess_site
 from lvtl.errors import ArtifactError, ConfigError, LvtlError
+from lvtl.flare.privacy import check_section
+from lvtl.parallel import Say
+from lvtl.study.protocol import Protocol
+from lvtl.study.results import ArtifactInfo, SiteResults
+from lvtl.study.run import run_study
 
 log = logging.getLogger(__name__)
-ARTIFACT_FILES = ("manifest.json", "signature.json", "weights.safetensors")
 
 
 def site_config_path(site: str) -> Path:
@@ -38,24 +47,17 @@ def pack_artifact(folder: str | Path) -> dict[str, bytes]:
     return {f: (folder / f).read_bytes() for f in ARTIFACT_FILES}
 
 
-def failed(reason: str) -> dict:
-    return {"status": "failed", "reason": reason[:480], "n_test": 0, "runs": []}
-
-
-def run_task(site: str, params: dict, say=log.info) -> dict:
-    """The site's results section for one task ``{"artifact": {file: bytes}, "protocol"}``;
-    a refusal or failure comes back as ``{"status": "failed", "reason": ...}``."""
-    from lvtl.artifact import TrustStore
-    from lvtl.config import load_site_config
-    from lvtl.flare.privacy import check_section
-    from lvtl.preprocess import preprocess_site
-    from lvtl.study import Protocol, load_site_cases, load_source, run_study
-
+def run_task(site: str, params: dict, say: Say = log.info) -> dict:
+    """The site's results section (JSON form) for one task ``{"artifact": {file: bytes},
+    "protocol"}``; a refusal or failure comes back as a ``failed`` section with the reason.
+    The site's own config decides its data, its trusted keys and its split (its
+    ``split_seed`` replaces the job's)."""
     try:
         cfg = load_site_config(site_config_path(site))
         if cfg.data_root is None or cfg.cache_root is None:
             raise ConfigError(f"{cfg.source}: [data] root and cache are required")
-        protocol = Protocol.from_dict(dict(params.get("protocol") or {}))
+        protocol = dataclasses.replace(Protocol.from_dict(dict(params.get("protocol") or {})),
+                                       split_seed=cfg.split_seed)
         files = params.get("artifact") or {}
         if set(files) != set(ARTIFACT_FILES) or not all(isinstance(v, bytes)
                                                         for v in files.values()):
@@ -66,8 +68,8 @@ def run_task(site: str, params: dict, say=log.info) -> dict:
             art.mkdir()
             for name, data in files.items():
                 (art / name).write_bytes(data)
-            state, source_config = load_source(art, store)
-            manifest = json.loads(files["manifest.json"])
+            state, source_config = load_model_source(art, store)
+            manifest = json.loads(files[MANIFEST])
         say(f"[{site}] artifact verified: {manifest['name']} {manifest['version']}, key "
             f"{manifest['key_id']}")
         results = preprocess_site(cfg.data_root, cfg.cache_root, cfg.preprocess)
@@ -75,13 +77,14 @@ def run_task(site: str, params: dict, say=log.info) -> dict:
         for r in bad:
             say(f"[{site}] preprocessing skipped {r.reason}")
         cases, excluded = load_site_cases(cfg.cache_root, protocol.downsample)
-        key = hashlib.sha256(files["manifest.json"] + json.dumps(
+        key = hashlib.sha256(files[MANIFEST] + json.dumps(
             protocol.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
         work = Path(os.environ.get("LVTL_WORK_DIR") or cfg.cache_root.parent / "lvtl-study")
         section = run_study(cases, state, source_config, protocol, work / site / key, site=site,
                             excluded=excluded, say=say)
-        section["preprocess_failed"] = len(bad)
-        section["artifact"] = {k: manifest[k] for k in ("name", "version", "key_id")}
+        section = dataclasses.replace(
+            section, role=cfg.role, preprocess_failed=len(bad),
+            artifact=ArtifactInfo(**{k: manifest[k] for k in ("name", "version", "key_id")}))
     except ArtifactError as e:
         say(f"[{site}] artifact refused: {e}")
         return failed(f"artifact refused: {e}")
@@ -91,10 +94,16 @@ def run_task(site: str, params: dict, say=log.info) -> dict:
     except Exception as e:  # noqa: BLE001 - the reason goes back; the traceback stays here
         log.error("%s", traceback.format_exc())
         return failed(f"unexpected {type(e).__name__}: {e}")
-    problems = check_section(section)
+    out = section.to_dict()
+    problems = check_section(out)
     if problems:
         return failed("results blocked by the privacy allow-list: " + "; ".join(problems[:3]))
-    return section
+    return out
+
+
+def failed(reason: str) -> dict:
+    """A ``failed`` section in its JSON form."""
+    return SiteResults.failed(reason).to_dict()
 
 
 def main() -> None:

@@ -1,0 +1,5 @@
+"""``python -m lvtl.cli``."""
+
+from lvtl.cli.app import main
+
+main()

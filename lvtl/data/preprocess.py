@@ -1,0 +1,288 @@
+"""Preprocessing: a case's DICOM series and label files to its cached 1 mm 4D pair.
+
+:func:`preprocess_case` streams one case from DICOM to its cache (:mod:`lvtl.data.cache`) phase
+by phase: labels are checked and relabelled, repaired (:mod:`lvtl.data.repair`) and resampled
+with the image to the patient-aligned 1 mm grid (:mod:`lvtl.data.resample`), so data from
+head-first and feet-first patients look alike to a model. The cache is written under a
+temporary name and renamed into place, and reused while its inputs and settings are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lvtl.data.cache import CACHE_SCHEMA, NpyWriter, cached
+from lvtl.data.repair import RepairMode, relabel, repair_labels
+from lvtl.data.resample import (
+    AIR_HU,
+    LabelInterp,
+    canonical_grid,
+    resample_labels,
+    resample_phase,
+)
+from lvtl.errors import ConfigError, LabelError, LvtlError, choose
+from lvtl.io.atomic import replace_dir
+from lvtl.io.dicom import SeriesIndex, scan_series
+from lvtl.io.geometry import Geometry
+from lvtl.io.nifti import read_volume
+from lvtl.labels import BLOOD_POOL, LABEL_FILE, MYOCARDIUM
+from lvtl.parallel import map_cases
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of preprocessing; part of the cache key."""
+
+    spacing_mm: float = 1.0
+    repair_radius: int = 5
+    repair_mode: RepairMode = RepairMode.TWO_D
+    label_interp: LabelInterp = LabelInterp.ONEHOT
+    blood_pool_value: int = 1
+    myocardium_value: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.spacing_mm <= 10.0:
+            raise ConfigError(f"spacing must be between 0.1 and 10 mm, got {self.spacing_mm}")
+        if not 0 <= self.repair_radius <= 50:
+            raise ConfigError(f"repair radius must be 0 to 50 pixels, got {self.repair_radius}")
+        # choices given as text (TOML, the CLI) become Enums here, once
+        object.__setattr__(self, "repair_mode",
+                           choose(RepairMode, self.repair_mode, "repair mode"))
+        object.__setattr__(self, "label_interp",
+                           choose(LabelInterp, self.label_interp, "label interpolation"))
+        if self.blood_pool_value == self.myocardium_value or 0 in (self.blood_pool_value,
+                                                                    self.myocardium_value):
+            raise ConfigError("blood pool and myocardium values must differ and be non-zero")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- cases
+@dataclass
+class CaseResult:
+    """Outcome of preprocessing one case."""
+
+    case_id: str
+    status: str  # "written", "cached" or "failed"
+    reason: str = ""
+    cache: str = ""
+    seconds: float = 0.0
+    labelled: list[int] = field(default_factory=list)
+
+
+def find_cases(root: str | Path) -> list[Path]:
+    """Case folders under ``root``: each holds a ``dicom/`` folder. ``root`` itself counts."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a folder")
+    if (root / "dicom").is_dir():
+        return [root]
+    cases = sorted(p for p in root.iterdir() if p.is_dir() and (p / "dicom").is_dir())
+    if not cases:
+        raise ConfigError(f"{root}: no case folders (folders holding a dicom/ folder)")
+    return cases
+
+
+def iter_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig):
+    """Yield ``(phase, labels)`` for each label file of a case, checked and relabelled to
+    0/1/2 on the image geometry, one at a time."""
+    folder = case_dir / "labels"
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.iterdir()):
+        m = LABEL_FILE.match(path.name)
+        if not m:
+            if not path.name.startswith("."):
+                log.warning("%s: not a label file name (phase_NN.nii.gz), skipped", path)
+            continue
+        name = f"{case_dir.name}/labels/{path.name}"
+        phase = int(m.group(1))
+        if phase >= index.n_phases:
+            raise LabelError(f"{name}: phase {phase} but the series has {index.n_phases} "
+                             f"phases (0 to {index.n_phases - 1})")
+        arr, geom = read_volume(path)
+        if arr.dtype.kind == "f":
+            if not np.array_equal(arr, np.rint(arr)):
+                raise LabelError(f"{name}: label values are not integers")
+            arr = arr.astype(np.int64)
+        diffs = index.geometry.differences(geom, tol_mm=0.01, tol_dir=1e-3)
+        if diffs:
+            raise LabelError(f"{name}: geometry does not match the image series "
+                             f"({'; '.join(diffs)})")
+        lab = relabel(arr, config.blood_pool_value, config.myocardium_value, source=name)
+        missing = [n for n, v in (("blood pool", BLOOD_POOL), ("myocardium", MYOCARDIUM))
+                   if not (lab == v).any()]
+        if missing:
+            raise LabelError(f"{name}: empty label, no {' and no '.join(missing)} "
+                             f"in a labelled phase")
+        yield phase, lab
+
+
+def load_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig
+                ) -> dict[int, np.ndarray]:
+    """Checked label maps (0/1/2, image geometry) of the labelled phases of a case."""
+    return dict(iter_labels(case_dir, index, config))
+
+
+def _label_box(lab: np.ndarray, config: PreprocessConfig) -> tuple[slice, ...]:
+    """The labels' bounding box with room for the repair's closing."""
+    r = config.repair_radius + 2
+    margin = (r if config.repair_mode == "3d" else 2, r, r)
+    nz = [np.flatnonzero(lab.any(axis=tuple(j for j in range(3) if j != a))) for a in range(3)]
+    return tuple(slice(max(int(i[0]) - m, 0), min(int(i[-1]) + m + 1, n))
+                 for i, m, n in zip(nz, margin, lab.shape, strict=True))
+
+
+def _dst_box(sub: Geometry, dst: Geometry) -> tuple[slice, ...]:
+    """The part of ``dst`` that the source box ``sub`` covers."""
+    idx = (dst.lps_to_index() @ np.c_[sub.corners_lps(), np.ones(8)].T)[:3]
+    lo = np.maximum(np.floor(idx.min(axis=1) - 1).astype(int), 0)
+    hi = np.minimum(np.ceil(idx.max(axis=1) + 1).astype(int) + 1, dst.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def _fingerprint(case_dir: Path, config: PreprocessConfig) -> str:
+    h = hashlib.sha256()
+    h.update(CACHE_SCHEMA.encode())
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for sub in ("dicom", "labels"):
+        folder = case_dir / sub
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(case_dir)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def preprocess_case(case_dir: str | Path, out_root: str | Path,
+                    config: PreprocessConfig | None = None, *, force: bool = False) -> CaseResult:
+    """DICOM and labels of one case to its cached 1 mm 4D pair under ``out_root/<case>``."""
+    config = config or PreprocessConfig()
+    case_dir, out_root = Path(case_dir), Path(out_root)
+    t0 = time.perf_counter()
+    case_id = case_dir.name
+    final = out_root / case_id
+    key = _fingerprint(case_dir, config)
+    if not force and cached(final, key):
+        meta = json.loads((final / "meta.json").read_text())
+        return CaseResult(case_id, "cached", cache=str(final), labelled=meta["labelled_phases"])
+    index = scan_series(case_dir / "dicom")
+    # Labels first (fail fast on a bad file), kept only as crops around the heart.
+    crops: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}
+    for t, lab_t in iter_labels(case_dir, index, config):
+        box = _label_box(lab_t, config)
+        crops[t] = (box, lab_t[box].copy())
+        del lab_t
+    if not crops:
+        log.warning("%s: no labels; the cache holds images only", case_id)
+    dst = canonical_grid(index.geometry, config.spacing_mm)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / f".tmp-{case_id}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        shape4 = (index.n_phases, *dst.shape)
+        volumes: dict[int, dict] = {}
+        with (NpyWriter(tmp / "image.npy", np.int16, shape4) as img,
+              NpyWriter(tmp / "label.npy", np.uint8, shape4) as lab):
+            hu_min, hu_max = _write_phases(index, dst, crops, config, img, lab, volumes)
+        labelled = np.zeros(index.n_phases, bool)
+        labelled[list(volumes)] = True
+        np.save(tmp / "labelled.npy", labelled)
+        ed = max(volumes, key=lambda t: volumes[t]["blood_pool_ml"]) if volumes else None
+        es = min(volumes, key=lambda t: volumes[t]["blood_pool_ml"]) if volumes else None
+        meta = {
+            "schema": CACHE_SCHEMA,
+            "case_id": case_id,
+            "key": key,
+            "config": config.to_dict(),
+            "geometry": dst.to_dict(),
+            "source_geometry": index.geometry.to_dict(),
+            "source_orientation": index.geometry.axis_codes(),
+            "series_uid": index.series_uid,
+            "phase_tag": index.phase_tag,
+            "phase_keys": index.phase_keys,
+            "n_phases": index.n_phases,
+            "labelled_phases": sorted(volumes),
+            "ed_phase": ed,
+            "es_phase": es,
+            "volumes": {str(k): v for k, v in sorted(volumes.items())},
+            "hu_range": [hu_min, hu_max],
+            "skipped_files": index.skipped,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CaseResult(case_id, "written", cache=str(final), labelled=sorted(volumes),
+                      seconds=time.perf_counter() - t0)
+
+
+def _write_phases(index: SeriesIndex, dst: Geometry, crops: dict, config: PreprocessConfig,
+                  img: NpyWriter, lab: NpyWriter, volumes: dict) -> tuple[float, float]:
+    """Stream every phase: resample the image, repair and resample its labels, append both.
+    Fills ``volumes`` per labelled phase; returns the HU range of the resampled images."""
+    vox_ml = config.spacing_mm**3 / 1000.0
+    hu_min, hu_max = np.inf, -np.inf
+    for t in range(index.n_phases):
+        res = resample_phase(index, t, dst, fill=AIR_HU)
+        hu_min, hu_max = min(hu_min, float(res.min())), max(hu_max, float(res.max()))
+        np.rint(res, out=res)
+        np.clip(res, -32768, 32767, out=res)
+        img.append(res.astype(np.int16))
+        del res
+        out_t = np.zeros(dst.shape, np.uint8)
+        if t in crops:
+            box, sub = crops.pop(t)
+            sub_geom = index.geometry.crop(box)
+            repaired = repair_labels(sub, config.repair_radius, config.repair_mode)
+            dbox = _dst_box(sub_geom, dst)
+            out_t[dbox] = resample_labels(repaired, sub_geom, dst.crop(dbox),
+                                          config.label_interp)
+            volumes[t] = {"blood_pool_ml": float((out_t == BLOOD_POOL).sum() * vox_ml),
+                          "myocardium_ml": float((out_t == MYOCARDIUM).sum() * vox_ml)}
+        lab.append(out_t)
+    return hu_min, hu_max
+
+
+def _run_case(args: tuple) -> CaseResult:
+    case_dir, out_root, config, force = args
+    try:
+        return preprocess_case(case_dir, out_root, config, force=force)
+    except LvtlError as e:
+        return CaseResult(Path(case_dir).name, "failed", reason=str(e))
+    except Exception as e:  # one bad case must not stop the others
+        log.debug("case %s failed", case_dir, exc_info=True)
+        return CaseResult(Path(case_dir).name, "failed",
+                          reason=f"{Path(case_dir).name}: {type(e).__name__}: {e}")
+
+
+def preprocess_site(root: str | Path, out_root: str | Path,
+                    config: PreprocessConfig | None = None, *, workers: int = 1,
+                    force: bool = False, progress: bool = False) -> list[CaseResult]:
+    """Preprocess every case under ``root``; failed cases are reported, the others go on."""
+    config = config or PreprocessConfig()
+    cases = find_cases(root)
+    jobs = [(c, out_root, config, force) for c in cases]
+    results = map_cases(_run_case, jobs, workers=workers, desc="preprocess", progress=progress)
+    for r in results:
+        if r.status == "failed":
+            log.error("%s", r.reason)
+    return results

@@ -1,0 +1,124 @@
+"""Writing synthetic cases and sites to disk.
+
+A case folder ``<out>/<case_id>/`` holds ``dicom/`` (the 4D series: every phase, one file per
+slice, as :mod:`lvtl.io.dicom_write` writes it), ``labels/`` (the annotator's labels of the
+labelled phases, NIfTI, named by :func:`~lvtl.labels.label_file_name`) and ``truth/`` (the
+clean labels of those phases, the analytic wall thickness at ED and ES in mm, and
+``case.json`` with the parameters, the ED/ES phases and the blood-pool and myocardium volumes
+in mL). A site is ``n`` such folders, cases ``0..n-1`` of one seed, written in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from lvtl.errors import ConfigError, choose
+from lvtl.io import dicom_write as dcm
+from lvtl.io.nifti import write_volume
+from lvtl.labels import BLOOD_POOL, MYOCARDIUM, label_file_name
+from lvtl.parallel import map_cases
+from lvtl.synth.case import Case
+from lvtl.synth.profiles import N_PHASES, CaseParams, Size, draw_case, get_site
+
+log = logging.getLogger(__name__)
+
+
+def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write one case folder: ``dicom/`` (the 4D series), ``labels/`` (flood-fill style masks
+    of the labelled phases) and ``truth/`` (clean labels, analytic thickness, parameters).
+
+    The folder appears atomically (built under a temporary name, then renamed); an existing
+    complete case is kept unless ``overwrite``.
+    """
+    out = Path(out)
+    final = out / params.case_id
+    if final.exists() and not overwrite:
+        return final
+    tmp = out / f".tmp-{params.case_id}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    case = Case(params)
+    prof, g = case.profile, case.geometry
+    info = dcm.SeriesInfo(
+        patient_id=params.case_id.upper(),
+        patient_name=f"PHANTOM^{params.case_id.replace('-', '')}",
+        study_uid=dcm.new_uid(f"study/{params.case_id}/{params.seed}"),
+        series_uid=dcm.new_uid(f"series/{params.case_id}/{params.seed}"),
+        frame_of_reference_uid=dcm.new_uid(f"for/{params.case_id}/{params.seed}"),
+        manufacturer=prof.manufacturer,
+        model=prof.model,
+        kernel=prof.kernel,
+        kvp=prof.kvp,
+        patient_position=prof.patient_position,
+        slice_thickness=prof.sizes[params.size].slice_thickness_mm,
+        rescale_intercept=prof.rescale_intercept,
+        heart_rate=params.heart_rate,
+        n_phases=N_PHASES,
+    )
+    instance = 1
+    for t, hu in case.phases_hu():
+        dcm.write_phase(tmp / "dicom", hu, g, t, info, first_instance=instance)
+        instance += hu.shape[0]
+    volumes = {}
+    for t in case.labelled_phases:
+        truth, thick = case.truth(t)
+        write_volume(tmp / "labels" / label_file_name(t), case.flood_fill_labels(truth, t), g)
+        write_volume(tmp / "truth" / "labels" / label_file_name(t), truth, g)
+        volumes[t] = (int((truth == BLOOD_POOL).sum()), int((truth == MYOCARDIUM).sum()))
+        for name, ph in (("ed", params.ed), ("es", params.es)):
+            if t == ph:
+                write_volume(tmp / "truth" / f"thickness_{name}.nii.gz", thick, g)
+    vox = float(np.prod(g.spacing)) / 1000.0  # mL
+    meta = {
+        "schema": "lvtl.phantom/1",
+        "case_id": params.case_id,
+        "site": params.site,
+        "ed_phase": params.ed,
+        "es_phase": params.es,
+        "labelled_phases": case.labelled_phases,
+        "ejection_fraction": params.ef,
+        "blood_pool_ml": {str(t): v[0] * vox for t, v in volumes.items()},
+        "myocardium_ml": {str(t): v[1] * vox for t, v in volumes.items()},
+        "thickness_scale_es": case.state(params.es).k,
+        "params": params.to_dict(),
+    }
+    (tmp / "truth" / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _write_one(args: tuple) -> tuple[str, str | None]:
+    """Draw and write one case (a worker job); ``(case_id, error or None)``."""
+    site, index, seed, size, out, overwrite = args
+    params = draw_case(site, index, seed, size)
+    try:
+        write_case(params, out, overwrite=overwrite)
+        return params.case_id, None
+    except Exception as e:  # reported per case; the others go on
+        log.debug("case %s failed", params.case_id, exc_info=True)
+        return params.case_id, f"{type(e).__name__}: {str(e).splitlines()[0]}"
+
+
+def generate_site(site: str, n_cases: int | None, out: str | Path, *,
+                  size: Size | str = Size.SMALL,
+                  seed: int = 0, workers: int = 1, overwrite: bool = False,
+                  progress: bool = False) -> list[tuple[str, str | None]]:
+    """Write ``n_cases`` cases of ``site`` under ``out``; returns ``(case_id, error)`` pairs."""
+    prof = get_site(site)
+    size = choose(Size, size, "size")
+    n = prof.default_cases if n_cases is None else int(n_cases)
+    if n < 1:
+        raise ConfigError(f"--cases must be at least 1, got {n}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    jobs = [(site, i, seed, size, str(out), overwrite) for i in range(n)]
+    results = map_cases(_write_one, jobs, workers=workers, desc=f"phantom {site}",
+                        progress=progress)
+    return results

@@ -1,0 +1,366 @@
+"""The NVFlare job end to end in the real simulator, and the metrics-only filter.
+
+One simulator run with three sites on tiny synthetic DICOM data: site-1 and site-2 run the
+study; site-3's own configuration points at a data folder that does not exist, so it fails
+and the report must show why while the others complete.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lvtl.flare.privacy import check_section
+from lvtl.study.results import SiteResults, Status
+from lvtl.study.run import CaseEval, summarize_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def good_section(n_test=2):
+    """An honest site's section: one transfer run over ``n_test`` cases, as the study builds
+    it (no thickness pairs, so no r)."""
+    evals = [CaseEval(f"c{i}", {"blood_pool": 0.8, "lvm": 0.7 + 0.1 * i}) for i in range(n_test)]
+    return SiteResults(status=Status.OK, n_test=n_test,
+                       runs=[summarize_run("transfer", 1, evals)]).to_dict()
+
+
+def test_allow_list_passes_metrics_and_blocks_images_and_unknown_fields():
+    assert check_section(good_section()) == []
+    leak = good_section()
+    leak["runs"][0]["dice_per_case"]["lvm"] = np.zeros(64).tolist()  # longer than n_test
+    assert any("longer than the 2 test cases" in p for p in check_section(leak))
+    leak = good_section()
+    leak["image"] = [[0, 1], [2, 3]]
+    assert any("results.image: not an allowed field" in p for p in check_section(leak))
+    leak = good_section()
+    leak["reason"] = b"\x00" * 10
+    assert check_section(leak)
+    leak = good_section()
+    leak["runs"][0]["dice_per_case"]["lvm"] = [[1, 2], [3, 4]]  # nested: an image in disguise
+    assert any("only numbers" in p for p in check_section(leak))
+
+
+def test_result_filter_stops_a_client_that_sends_an_image():
+    from nvflare.apis.dxo import DXO, DataKind, from_shareable
+    from nvflare.apis.fl_context import FLContext
+
+    from lvtl.flare.filters import MetricsOnlyFilter
+
+    image = np.random.default_rng(0).integers(0, 2000, (8, 8, 8)).astype(np.int16)
+    sneaky = good_section()
+    sneaky["runs"][0]["dice_per_case"]["lvm"] = image.ravel().tolist()
+    for data in ({"site": sneaky}, {"site": good_section(), "image": image}):
+        out = MetricsOnlyFilter().process(DXO(DataKind.WEIGHTS, data=data).to_shareable(),
+                                          FLContext())
+        sent = from_shareable(out).data
+        assert set(sent) == {"site"} and sent["site"]["status"] == "failed"
+        assert "blocked by the site's privacy filter" in sent["site"]["reason"]
+        assert "image" not in json.dumps(sent["site"]["runs"]) and not sent["site"]["runs"]
+    ok = DXO(DataKind.WEIGHTS, data={"site": good_section()}).to_shareable()
+    assert from_shareable(MetricsOnlyFilter().process(ok, FLContext())).data["site"][
+        "status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """Three sites' private folders and configs, keys, and a signed tiny model."""
+    from lvtl.artifact import keygen, sign
+    from lvtl.model.checkpoint import model_checkpoint
+    from lvtl.model.network import LVNet4d
+    from lvtl.model.train import TrainConfig, init_weights
+    from lvtl.synth.profiles import draw_case
+    from lvtl.synth.site import write_case
+
+    root = tmp_path_factory.mktemp("federation")
+    for site in ("site-1", "site-2"):
+        for i in range(3):
+            write_case(draw_case(site, i, seed=0), root / "data" / site)
+    model = LVNet4d(init_filters=4, blocks_down=(1, 1), groups=4)
+    init_weights(model, "default", 0)
+    torch.save(model_checkpoint(model, TrainConfig(crop=(2, 24, 32, 32)), {}), root / "m.pt")
+    keygen(root / "owner-keys")
+    sign(root / "m.pt", root / "owner-keys" / "signing_key.pem", root / "artifact",
+         name="lv4d", version="1.0.0")
+    for site in ("site-1", "site-2", "site-3"):
+        d = root / "sites" / site
+        (d / "trusted").mkdir(parents=True)
+        for pub in (root / "owner-keys").glob("*.pub.pem"):
+            shutil.copy(pub, d / "trusted")
+        (d / "site.toml").write_text(
+            f'[site]\nname = "{site}"\n[data]\nroot = "{root}/data/{site}"\n'
+            f'cache = "{root}/cache/{site}"\n[trust]\nkeys = "trusted"\n')
+    return root
+
+
+def test_simulator_runs_the_study_at_every_site_and_reports(federation, tmp_path):
+    ws = tmp_path / "ws"
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites")}
+    cmd = [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+           str(federation / "artifact"), "--env", "sim", "--clients", "site-1,site-2,site-3",
+           "--workspace", str(ws), "--arms", "baseline,transfer", "--sizes", "1",
+           "--epochs", "1", "--samples-per-epoch", "1", "--crop", "2,24,32,32",
+           "--downsample", "2", "--timeout", "900", "--report-dir", str(tmp_path / "report")]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    server = ws / "lvtl_study" / "server"
+    written = next(server.rglob("report.json"))
+    copied = Path(out.stdout.strip().splitlines()[-1])  # the report's path, printed last
+    assert copied == (tmp_path / "report" / "report.json").resolve()
+    assert copied.read_bytes() == written.read_bytes()
+    report = json.loads(copied.read_text())
+    assert report["schema"] == "lvtl.report/1"
+    sites = report["sites"]
+    assert set(sites) == {"site-1", "site-2", "site-3"}
+    for name in ("site-1", "site-2"):
+        sec = sites[name]
+        assert sec["status"] == "ok", sec
+        assert [r["arm"] for r in sec["runs"]] == ["baseline", "transfer"]
+        assert sec["artifact"]["version"] == "1.0.0" and sec["n_test"] == 1
+    assert sites["site-3"]["status"] == "failed"
+    assert "not a folder" in sites["site-3"]["reason"]
+    assert report["summary"]["sites_failed"] == {"site-3": sites["site-3"]["reason"]}
+    md = next(server.rglob("report.md")).read_text()
+    assert "site-3" in md and "## site-1" in md
+    assert next(server.rglob("dice_by_size.png")).stat().st_size > 1000
+    # nothing of the sites' data reached the server: no DICOM, NIfTI, numpy or torch files,
+    # and no weights except the artifact the server itself shipped
+    shipped = (federation / "artifact" / "weights.safetensors").read_bytes()
+    for f in server.rglob("*"):
+        if not f.is_file():
+            continue
+        data = f.read_bytes()
+        assert data[128:132] != b"DICM", f
+        assert not data.startswith((b"\x1f\x8b", b"\x93NUMPY", b"PK\x03\x04")), f
+        if f.suffix == ".safetensors":
+            assert data == shipped, f
+
+
+def test_exported_job_folder_has_the_server_and_site_apps(federation, tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"),
+                          "--artifact", str(federation / "artifact"), "--export",
+                          "--export-dir", str(tmp_path), "--lr-transfer", "3e-4"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = tmp_path / "lvtl_study"
+    meta = json.loads((job / "meta.json").read_text())
+    assert meta["name"] == "lvtl_study"
+    server_cfg = json.loads(next(job.rglob("config_fed_server.json")).read_text())
+    client_cfg = json.loads(next(job.rglob("config_fed_client.json")).read_text())
+    assert "StudyController" in json.dumps(server_cfg["workflows"])
+    assert '"lr_transfer": 0.0003' in json.dumps(server_cfg["workflows"])  # the protocol sent
+    assert "MetricsOnlyFilter" in json.dumps(client_cfg["task_result_filters"])
+    assert next(job.rglob("manifest.json")).is_file()  # the signed model travels in the job
+
+
+def test_report_cli_merges_site_results_and_marks_failures(tmp_path):
+    from typer.testing import CliRunner
+
+    from lvtl.cli import app
+
+    a = {"schema": "lvtl.report/1", "sites": {"site-1": good_section()}}
+    b = {"schema": "lvtl.report/1", "sites": {"site-2": {"status": "failed", "reason":
+                                                         "artifact refused: untrusted key",
+                                                         "n_test": 0, "runs": []}}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                 "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["summary"]["sites_ok"] == ["site-1"]
+    assert rep["summary"]["sites_failed"] == {"site-2": "artifact refused: untrusted key"}
+    assert rep["summary"]["pooled_dice_by_size"]["transfer"]["1"]["n"] == 2  # JSON keys
+    assert "artifact refused" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_project_yml_provisions_a_kit_per_participant(tmp_path):
+    nvflare = Path(sys.executable).with_name("nvflare")
+    out = subprocess.run([str(nvflare), "provision", "-p", str(REPO / "sites" / "project.yml"),
+                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    prod = next(tmp_path.rglob("prod_00"))
+    assert sorted(p.name for p in prod.iterdir()) == [
+        "coordinator@example.org", "lvtl-server.example.org", "site-1", "site-2"]
+    for site in ("site-1", "site-2"):
+        startup = prod / site / "startup"
+        assert (startup / "start.sh").is_file() and (startup / "client.key").is_file()
+
+
+def _simulator_worker(site: str) -> int | None:
+    """pid of the simulator's worker process that runs ``site`` (None if there is none)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"simulator_worker" in a for a in args) and b"--client" in args and \
+                args[args.index(b"--client") + 1] == site.encode():
+            return int(proc.name)
+    return None
+
+
+def _metrics(section):
+    """A site's runs without their timings (the same seeds must give the same metrics)."""
+    return [{k: v for k, v in run.items() if k != "train_seconds"} for run in section["runs"]]
+
+
+def test_a_killed_site_is_reported_the_rest_finish_and_the_rerun_resumes(federation, tmp_path):
+    """site-2's process is killed mid-training: the job still ends (timeout), site-1's results
+    arrive and site-2 is marked failed. The rerun resumes site-2 from its checkpoints, and
+    site-1, recomputed from scratch with the same seeds, reports the same metrics."""
+    import signal
+    import time
+
+    work = tmp_path / "work"
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
+           "LVTL_WORK_DIR": str(work), "OMP_NUM_THREADS": "1"}
+
+    def job(n, timeout):
+        return [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+                str(federation / "artifact"), "--env", "sim", "--clients", "site-1,site-2",
+                "--workspace", str(tmp_path / f"ws{n}"), "--arms", "baseline,transfer",
+                "--sizes", "1", "--epochs", "8", "--samples-per-epoch", "1", "--crop",
+                "2,24,32,32", "--downsample", "2", "--timeout", str(timeout),
+                "--report-dir", str(tmp_path / f"report{n}")]
+
+    proc = subprocess.Popen(job(1, 75), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(work.glob("site-2/*/runs/transfer-1/last.pt")):  # training has begun
+        assert time.time() < deadline and proc.poll() is None, "site-2 never started training"
+        time.sleep(0.2)
+    pid = _simulator_worker("site-2")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    first = json.loads(Path(out.strip().splitlines()[-1]).read_text())
+    assert first["sites"]["site-1"]["status"] == "ok"
+    assert first["sites"]["site-2"]["status"] == "failed"
+    assert "no results" in first["sites"]["site-2"]["reason"]
+    assert first["summary"]["sites_failed"] == {"site-2": first["sites"]["site-2"]["reason"]}
+
+    shutil.rmtree(work / "site-1")  # site-1 starts over; site-2 keeps its checkpoints
+    out = subprocess.run(job(2, 600), env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    second = json.loads(Path(out.stdout.strip().splitlines()[-1]).read_text())
+    assert {s["status"] for s in second["sites"].values()} == {"ok"}
+    site2_log = next((tmp_path / "ws2").rglob("site-2/log.txt")).read_text()
+    assert "resumed from" in site2_log
+    assert _metrics(second["sites"]["site-1"]) == _metrics(first["sites"]["site-1"])
+
+
+@pytest.mark.slow
+def test_poc_mode_runs_the_job_submitted_through_the_admin_api(federation, tmp_path):
+    """`--env poc`: a fresh `nvflare poc` (server and two clients as separate processes on
+    localhost), the job submitted and its result downloaded through the admin API, the POC
+    stopped afterwards."""
+    import time
+
+    venv_bin = str(Path(sys.executable).parent)
+    poc = tmp_path / "poc"
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
+           "LVTL_WORK_DIR": str(tmp_path / "work"), "NVFLARE_POC_WORKSPACE": str(poc),
+           "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1",
+           "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+    cmd = [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+           str(federation / "artifact"), "--env", "poc", "--clients", "site-1,site-2",
+           "--arms", "baseline,transfer", "--sizes", "1", "--epochs", "1",
+           "--samples-per-epoch", "1", "--crop", "2,24,32,32", "--downsample", "2",
+           "--timeout", "900", "--report-dir", str(tmp_path / "report")]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(Path(out.stdout.strip().splitlines()[-1]).read_text())
+    for site in ("site-1", "site-2"):
+        assert report["sites"][site]["status"] == "ok", report["sites"][site]
+        assert [r["arm"] for r in report["sites"][site]["runs"]] == ["baseline", "transfer"]
+    def leftovers():
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and str(poc).encode() in (proc / "cmdline").read_bytes():
+                    found.append(proc.name)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.time() + 60  # the stopped server and clients finish shutting down
+    while leftovers() and time.time() < deadline:
+        time.sleep(1)
+    assert not leftovers(), "POC processes still running a minute after the job"
+
+
+@pytest.mark.slow
+def test_exported_job_runs_in_the_nvflare_simulator_command(federation, tmp_path):
+    """The deprecated-but-supported path: `nvflare simulator` on the exported job folder."""
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"),
+                          "--artifact", str(federation / "artifact"), "--export",
+                          "--export-dir", str(tmp_path / "jobs"), "--arms", "baseline",
+                          "--sizes", "1", "--epochs", "1", "--crop", "2,24,32,32",
+                          "--downsample", "2"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
+           "LVTL_WORK_DIR": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}
+    nvflare = Path(sys.executable).with_name("nvflare")
+    out = subprocess.run([str(nvflare), "simulator", str(tmp_path / "jobs" / "lvtl_study"), "-w",
+                          str(tmp_path / "ws"), "-n", "2", "-c", "site-1,site-2"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(next((tmp_path / "ws").rglob("report.json")).read_text())
+    assert {s: v["status"] for s, v in report["sites"].items()} == {"site-1": "ok",
+                                                                    "site-2": "ok"}
+    assert report["protocol"]["arms"] == ["baseline"]
+
+
+def test_a_site_refuses_an_artifact_signed_by_a_key_it_does_not_pin(federation, tmp_path,
+                                                                      monkeypatch):
+    from lvtl.artifact import keygen
+    from lvtl.flare.site import pack_artifact, run_task
+
+    other = keygen(tmp_path / "other-keys")
+    site = tmp_path / "site-9"
+    (site / "trusted").mkdir(parents=True)
+    shutil.copy(tmp_path / "other-keys" / f"{other}.pub.pem", site / "trusted")
+    (site / "site.toml").write_text(
+        f'[site]\nname = "site-9"\n[data]\nroot = "{federation}/data/site-2"\n'
+        f'cache = "{tmp_path}/cache"\n[trust]\nkeys = "trusted"\n')
+    monkeypatch.setenv("LVTL_SITE_CONFIG", str(site / "site.toml"))
+    said = []
+    section = run_task("site-9", {"artifact": pack_artifact(federation / "artifact"),
+                                  "protocol": {"arms": ["baseline"], "sizes": [1]}},
+                       say=said.append)
+    assert section["status"] == "failed" and section["runs"] == []
+    assert section["reason"].startswith("artifact refused:") and "key" in section["reason"]
+    assert not (tmp_path / "cache").exists()  # refused before touching the site's data
+    assert any("artifact refused" in m for m in said)
+
+
+def test_the_site_config_decides_split_seed_and_role(federation, tmp_path, monkeypatch):
+    """The job's split seed is replaced by the site's own, and the site's role is reported."""
+    from lvtl.flare.site import pack_artifact, run_task
+
+    site = tmp_path / "site-2"
+    shutil.copytree(federation / "sites" / "site-2" / "trusted", site / "trusted")
+    (site / "site.toml").write_text(
+        f'[site]\nname = "site-2"\nrole = "participant"\nsplit_seed = 7\n'
+        f'[data]\nroot = "{federation}/data/site-2"\ncache = "{tmp_path}/cache"\n'
+        '[trust]\nkeys = "trusted"\n')
+    monkeypatch.setenv("LVTL_SITE_CONFIG", str(site / "site.toml"))
+    monkeypatch.setenv("LVTL_WORK_DIR", str(tmp_path / "work"))
+    section = run_task("site-2", {"artifact": pack_artifact(federation / "artifact"),
+                                  "protocol": {"arms": ["baseline"], "sizes": [1],
+                                               "split_seed": 0, "crop": [2, 24, 32, 32],
+                                               "downsample": 2}})
+    assert section["status"] == "ok", section["reason"]
+    assert section["protocol"]["split_seed"] == 7 and section["role"] == "participant"
+    assert check_section(section) == []

@@ -1,0 +1,115 @@
+"""Conv4d against a direct computation of the 4D convolution."""
+
+import numpy as np
+import pytest
+import torch
+
+from lvtl.model.network import Conv4d
+
+
+def direct_conv4d(x, w, b, stride, padding):
+    """The definition, in numpy: out[n,o,t,d,h,w] = b[o] + sum x_pad[window] * w[o]."""
+    x, w = x.numpy().astype(np.float64), w.numpy().astype(np.float64)
+    pads = [(0, 0), (0, 0)] + [(p, p) for p in padding]
+    xp = np.pad(x, pads)
+    k = w.shape[2:]
+    out_sz = [(xp.shape[2 + i] - k[i]) // stride[i] + 1 for i in range(4)]
+    out = np.zeros((x.shape[0], w.shape[0], *out_sz))
+    for idx in np.ndindex(*out_sz):
+        sl = tuple(slice(i * s, i * s + kk) for i, s, kk in zip(idx, stride, k, strict=True))
+        win = xp[(slice(None), slice(None), *sl)]  # (N, C, kt, kd, kh, kw)
+        out[(slice(None), slice(None), *idx)] = np.tensordot(
+            win, w, axes=([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]))
+    if b is not None:
+        out += b.numpy()[None, :, None, None, None, None]
+    return out
+
+
+@pytest.mark.parametrize("shape,k,stride,padding,bias", [
+    ((2, 3, 4, 5, 4, 3), 3, 1, 1, True),
+    ((1, 2, 5, 4, 6, 5), 3, 2, 1, True),
+    ((1, 2, 4, 4, 4, 4), 3, (2, 1, 2, 1), (1, 0, 1, 0), False),
+    ((2, 1, 3, 5, 5, 4), (1, 3, 3, 3), 1, (0, 1, 1, 1), True),
+    ((1, 2, 5, 5, 5, 5), 2, 2, 0, True),
+])
+def test_conv4d_equals_the_direct_computation(shape, k, stride, padding, bias):
+    torch.manual_seed(0)
+    conv = Conv4d(shape[1], 3, k, stride, padding, bias=bias).double()
+    x = torch.randn(shape, dtype=torch.float64)
+    got = conv(x).detach().numpy()
+    ref = direct_conv4d(x, conv.weight.detach(), None if conv.bias is None else
+                        conv.bias.detach(), conv.stride, conv.padding)
+    assert got.shape == ref.shape
+    assert np.allclose(got, ref, atol=1e-10)
+
+
+def test_every_output_sees_a_full_4d_neighbourhood():
+    conv = Conv4d(1, 1, 3, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    x = torch.zeros(1, 1, 5, 5, 5, 5)
+    x[0, 0, 2, 2, 2, 2] = 1.0  # an impulse
+    y = conv(x)[0, 0]
+    assert int((y != 0).sum()) == 81  # 3 x 3 x 3 x 3
+    assert y[1:4, 1:4, 1:4, 1:4].min() == 1.0
+
+
+@pytest.mark.parametrize("size", [(4, 6, 6, 6), (5, 7, 8, 9), (16, 16, 16, 16)])
+def test_output_shapes_odd_and_even(size):
+    conv = Conv4d(2, 4, 3, 2, 1)
+    y = conv(torch.zeros(1, 2, *size))
+    assert tuple(y.shape[2:]) == conv.output_shape(*size)
+    assert tuple(y.shape[2:]) == tuple((n + 1) // 2 for n in size)
+
+
+def test_gradients_flow_to_input_weight_and_bias():
+    conv = Conv4d(2, 3, 3, 1, 1)
+    x = torch.randn(1, 2, 3, 4, 4, 4, requires_grad=True)
+    conv(x).square().mean().backward()
+    for g in (x.grad, conv.weight.grad, conv.bias.grad):
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_bad_shapes_are_refused():
+    conv = Conv4d(2, 3)
+    with pytest.raises(ValueError, match=r"\(N, 2, T, D, H, W\)"):
+        conv(torch.zeros(1, 3, 4, 4, 4, 4))
+    with pytest.raises(ValueError, match="four ints"):
+        Conv4d(1, 1, kernel_size=(3, 3))
+
+
+@pytest.mark.parametrize("size", [(4, 8, 8, 8), (5, 7, 9, 6), (3, 5, 5, 5)])
+def test_network_output_shape_odd_and_even(size):
+    from lvtl.model.network import LVNet4d
+
+    net = LVNet4d(1, 3, init_filters=4, blocks_down=(1, 1, 2))
+    y = net(torch.randn(1, 1, *size))
+    assert y.shape == (1, 3, *size)
+
+
+def test_network_learns_and_gradients_reach_the_stem():
+    from lvtl.model.network import LVNet4d
+
+    torch.manual_seed(0)
+    net = LVNet4d(1, 3, init_filters=4, blocks_down=(1, 1))
+    x = torch.randn(2, 1, 4, 6, 6, 6)
+    target = (x[:, 0] > 0).long()  # a learnable voxel-wise rule
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), target)
+        loss.backward()
+        losses.append(loss.item())
+        opt.step()
+    assert net.stem.weight.grad is not None and net.stem.weight.grad.abs().sum() > 0
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_paper_configuration_has_the_papers_widths():
+    from lvtl.model.network import LVNet4d
+
+    net = LVNet4d()  # 1, 2, 4 blocks at 8, 16, 32 filters
+    assert [len(e) for e in net.encoder] == [1, 2, 4]
+    assert [e[0].conv1.out_channels for e in net.encoder] == [8, 16, 32]
+    assert net.down[1].stride == (2, 2, 2, 2)

@@ -1,0 +1,54 @@
+"""The study protocol and its one declaration of options (CLI, job and demo)."""
+
+import pytest
+
+from lvtl.errors import ConfigError
+from lvtl.flare.job import parser
+from lvtl.model.options import Init
+from lvtl.study import protocol as proto
+from lvtl.study.protocol import Arm, Protocol
+
+
+def test_text_becomes_enums_and_tuples_once():
+    p = proto.from_options({"arms": " baseline, transfer ", "sizes": "1,2", "init": "normal",
+                            "crop": "4,16,16,16"})
+    assert p.arms == (Arm.BASELINE, Arm.TRANSFER) and p.init is Init.NORMAL
+    assert p.sizes == (1, 2) and p.crop == (4, 16, 16, 16)
+    assert Protocol.from_dict(p.to_dict()) == p  # JSON round trip (as the task carries it)
+
+
+@pytest.mark.parametrize("values,words", [
+    ({"arms": "baseline,tranfser"}, ["tranfser", "did you mean 'transfer'"]),
+    ({"sizes": "0,5"}, ["--sizes", "positive"]),
+    ({"crop": "4,16,16"}, ["--crop", "4 positive"]),
+    ({"lr_transfer": 0.0}, ["lr_transfer must be positive"]),
+])
+def test_bad_options_are_named(values, words):
+    with pytest.raises(ConfigError) as err:
+        proto.from_options(values)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_the_job_and_the_cli_offer_the_same_study_options():
+    from typer.main import get_command
+
+    from lvtl.cli import app
+
+    job_flags = {a.option_strings[0] for a in parser()._actions if a.option_strings}
+    study = get_command(app).commands["study"]
+    cli_flags = {o for p in study.params for o in getattr(p, "opts", [])}
+    for o in proto.options():
+        assert o.flag in cli_flags
+        assert (o.flag in job_flags) == (not o.site_only)  # device and bf16: the site's choice
+
+
+def test_job_options_build_the_protocol_it_sends(tmp_path):
+    from lvtl.flare import job
+
+    args = parser().parse_args(["--artifact", "a", "--arms", "baseline,random", "--sizes", "3",
+                                "--lr-transfer", "3e-4", "--init", "normal"])
+    p = job.protocol_from_args(args)
+    assert p == Protocol(arms=("baseline", "random"), sizes=(3,), lr_transfer=3e-4,
+                         init="normal")
+    assert job.JobSettings(artifact=tmp_path).env == "sim"

@@ -1,0 +1,160 @@
+"""The one-site study: arms, nested sizes, metrics-only results; and its CLI with a signed
+Site-1 model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from synthetic4d import make_case, write_cache
+
+from lvtl.cli import app
+from lvtl.errors import ArtifactError, ConfigError
+from lvtl.model.network import LVNet4d
+from lvtl.model.train import TrainConfig, init_weights, train
+from lvtl.study.protocol import Protocol
+from lvtl.study.results import to_dict
+from lvtl.study.run import CaseEval, run_study, summarize_run
+
+CROP = (4, 16, 16, 16)
+
+
+def site2_case(i):
+    """Site 2's look: another contrast level and more noise (the domain shift), ED/ES only."""
+    return make_case(f"s2-{i:02d}", 100 + i, blood_hu=430.0, myo_hu=140.0, noise=35.0,
+                     labelled=(0, 2))
+
+
+@pytest.fixture(scope="module")
+def site1_model(tmp_path_factory):
+    """A tiny Site-1 model trained on dense labels (every phase) of six cases."""
+    out = tmp_path_factory.mktemp("site1")
+    cases = [make_case(f"s1-{i}", i, labelled=(0, 1, 2, 3)) for i in range(6)]
+    model = LVNet4d(init_filters=4, blocks_down=(1, 1), groups=4)
+    init_weights(model, "default", 0)
+    cfg = TrainConfig(epochs=6, samples_per_epoch=4, crop=CROP, lr=1e-2, decay_every=2)
+    res = train(model, cases[:5], cases[5:], cfg, out)
+    return res.best_path
+
+
+def test_study_runs_every_arm_and_size_and_writes_metrics_only(site1_model, tmp_path):
+    ckpt = torch.load(site1_model, weights_only=True)
+    cases = [site2_case(i) for i in range(9)]
+    protocol = Protocol(arms=("baseline", "random", "transfer"), sizes=(1, 2), epochs=2,
+                        samples_per_epoch=2, crop=CROP, lr_random=1e-2, lr_transfer=1e-3)
+    said = []
+    section = run_study(cases, ckpt["state_dict"], ckpt["config"], protocol, tmp_path,
+                        site="site-2", say=said.append).to_dict()
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["schema"] == "lvtl.report/1" and doc["sites"]["site-2"] == section
+    assert section["status"] == "ok" and section["n_test"] == 4  # 9 cases -> 4 / 2 / 3
+    runs = [(r["arm"], r["train_size"]) for r in section["runs"]]
+    assert runs == [("baseline", 0), ("random", 1), ("transfer", 1), ("random", 2),
+                    ("transfer", 2)]
+    for r in section["runs"]:
+        for k in ("blood_pool", "lvm"):
+            assert 0.0 <= r["dice"][k]["mean"] <= r["dice"][k]["max"] <= 1.0
+            assert len(r["dice_per_case"][k]) == 4
+        assert set(r["thickness_r"]) == {"ED", "ES"}
+        for phase in ("ED", "ES"):
+            assert set(r["thickness_r"][phase]) == {"median", "p95", "max"}
+    # baseline and transfer start from the same weights: before fine-tuning they agree
+    assert (tmp_path / "runs" / "transfer-2" / "best.pt").exists()
+    assert any("baseline" in s for s in said)
+    # nothing image-sized leaves: every list is at most n_test long
+    def walk(x):
+        if isinstance(x, list):
+            assert len(x) <= 4
+            for v in x:
+                walk(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+    for r in section["runs"]:
+        walk(r)
+
+
+def test_rerun_resumes_from_the_finished_runs(site1_model, tmp_path):
+    ckpt = torch.load(site1_model, weights_only=True)
+    cases = [site2_case(i) for i in range(6)]
+    protocol = Protocol(arms=("random",), sizes=(1,), epochs=1, samples_per_epoch=1, crop=CROP)
+    first = run_study(cases, ckpt["state_dict"], ckpt["config"], protocol, tmp_path,
+                      say=lambda m: None)
+    said = []
+    again = run_study(cases, ckpt["state_dict"], ckpt["config"], protocol, tmp_path,
+                      say=said.append)
+    assert any("resumed" in s for s in said)
+    assert again.runs[0].dice == first.runs[0].dice
+
+
+def test_pearson_is_reported_with_ci_and_n():
+    rng = np.random.default_rng(0)
+    evals = []
+    for i in range(6):
+        t = 6 + i * 0.5
+        stats = {"median": t, "p95": t + 2, "max": t + 4}
+        pred = {k: v + rng.normal(0, 0.1) for k, v in stats.items()}
+        evals.append(CaseEval(f"c{i}", {"blood_pool": 0.9, "lvm": 0.8},
+                              {"ED": {"pred": pred, "truth": stats}}))
+    evals[0].unmeasurable["ES"] = "prediction"
+    evals[1].unmeasurable["ES"] = "truth"
+    evals[2].unmeasurable["ES"] = "prediction"
+    run = to_dict(summarize_run("transfer", 5, evals))
+    assert run["thickness_unmeasurable"] == {"ED": {"truth": 0, "prediction": 0},
+                                             "ES": {"truth": 1, "prediction": 2}}
+    assert run["thickness_r"]["ED"]["median"] > 0.95
+    ci = run["thickness_r_ci"]["ED"]["median"]
+    assert ci["n"] == 6 and ci["low"] < run["thickness_r"]["ED"]["median"] < ci["high"]
+    assert run["thickness_r"]["ES"]["median"] is None  # no ES pairs: no number, and why
+    assert run["thickness_r_ci"]["ES"]["median"]["n"] == 0
+
+
+def test_bad_protocols_are_refused():
+    with pytest.raises(ConfigError, match="unknown arm"):
+        Protocol(arms=("random", "magic"))
+    with pytest.raises(ConfigError, match="lr_transfer must be positive"):
+        Protocol(lr_transfer=0.0)
+    with pytest.raises(ConfigError, match="unknown protocol field"):
+        Protocol.from_dict({"arms": ["random"], "colour": "blue"})
+    with pytest.raises(ConfigError, match="at least 3"):
+        run_study([site2_case(0), site2_case(1)], {}, {}, Protocol(), "/nonexistent")
+
+
+def test_cli_trains_signs_and_studies_with_the_signed_model(tmp_path, site1_model):
+    from typer.testing import CliRunner
+
+    for i in range(3):
+        write_cache(make_case(f"s1-{i}", i, labelled=(0, 1, 2, 3)), tmp_path / "cache1")
+    for i in range(6):
+        write_cache(site2_case(i), tmp_path / "cache2")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "cache1"), "--out",
+                                 str(tmp_path / "run"), "--epochs", "1", "--crop", "4,16,16,16",
+                                 "--filters", "4", "--blocks", "1,1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    best = r.output.strip().splitlines()[-1]
+    assert best.endswith("best.pt")
+    keys = tmp_path / "keys"
+    assert CliRunner().invoke(app, ["artifact", "keygen", "--out", str(keys)]).exit_code == 0
+    r = CliRunner().invoke(app, ["artifact", "sign", best, "--key", str(keys / "signing_key.pem"),
+                                 "--out", str(tmp_path / "art"), "--name", "lv4d",
+                                 "--version", "1.0.0"])
+    assert r.exit_code == 0, r.output
+    pub = next(keys.glob("*.pub.pem"))
+    args = ["study", str(tmp_path / "cache2"), "--model", str(tmp_path / "art"), "--out",
+            str(tmp_path / "study"), "--arms", "baseline,transfer", "--sizes", "1",
+            "--epochs", "1", "--samples-per-epoch", "1", "--crop", "4,16,16,16"]
+    r = CliRunner().invoke(app, [*args, "--trust", str(pub), "--lr-transfer", "3e-4"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert [x["arm"] for x in doc["sites"]["site"]["runs"]] == ["baseline", "transfer"]
+    last = torch.load(tmp_path / "study" / "runs" / "transfer-1" / "last.pt", weights_only=False)
+    assert last["settings"]["lr"] == 3e-4  # the learning rate asked for is the one trained with
+    # the same artifact with a changed weight byte is refused before anything runs
+    w = tmp_path / "art" / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.chmod(0o644)
+    w.write_bytes(bytes(data))
+    r = CliRunner().invoke(app, [*args, "--trust", str(pub), "--out", str(tmp_path / "s2")])
+    assert isinstance(r.exception, ArtifactError) and "SHA-256 differs" in str(r.exception)
+    assert r.exception.exit_code == 7 and not (tmp_path / "s2").exists()
