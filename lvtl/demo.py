@@ -29,6 +29,7 @@ from lvtl.artifact import (
     sign,
     verify,
 )
+from lvtl.config import SiteRole
 from lvtl.data.preprocess import PreprocessConfig, preprocess_site
 from lvtl.errors import ArtifactError, LvtlError
 from lvtl.flare.job import JobSettings, run_job
@@ -137,9 +138,11 @@ def _site_configs(out: Path, say: Say) -> Path:
         (d / "trusted").mkdir(parents=True, exist_ok=True)
         for pub in (out / "owner-keys").glob(f"*{PUBLIC_SUFFIX}"):
             shutil.copy(pub, d / "trusted" / pub.name)
+        role = SiteRole.MODEL_OWNER if site == SITES[0] else SiteRole.PARTICIPANT
         write_text(d / "site.toml",
-                   f'[site]\nname = "{site}"\n[data]\nroot = "{out / "data" / site}"\n'
-                   f'cache = "{out / "cache" / site}"\n[trust]\nkeys = "trusted"\n')
+                   f'[site]\nname = "{site}"\nrole = "{role}"\n[data]\n'
+                   f'root = "{out / "data" / site}"\ncache = "{out / "cache" / site}"\n'
+                   '[trust]\nkeys = "trusted"\n')
     say(f"[sites] configuration and pinned public key per site in {root}")
     return root
 

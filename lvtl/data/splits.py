@@ -78,6 +78,10 @@ def nested_subsets(train: Sequence[str], sizes: Sequence[int] = PAPER_SIZES,
     return out
 
 
+#: The two phases evaluated: end-diastole (largest blood pool) and end-systole (smallest).
+ED_ES = ("ED", "ES")
+
+
 def ed_es(label: np.ndarray, labelled: np.ndarray) -> dict[str, int]:
     """End-diastole and end-systole among the labelled phases of ``label`` ``(t, z, y, x)``:
     the phases with the largest and the smallest blood pool (label 1)."""
@@ -85,10 +89,5 @@ def ed_es(label: np.ndarray, labelled: np.ndarray) -> dict[str, int]:
     if not len(phases):
         raise ConfigError("no labelled phase")
     volumes = [int(np.count_nonzero(np.asarray(label[p]) == BLOOD_POOL)) for p in phases]
-    return {"ED": int(phases[int(np.argmax(volumes))]),
-            "ES": int(phases[int(np.argmin(volumes))])}
-
-
-# --------------------------------------------------------------------------- crops
-
-
+    ed, es = ED_ES
+    return {ed: int(phases[int(np.argmax(volumes))]), es: int(phases[int(np.argmin(volumes))])}

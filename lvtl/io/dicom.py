@@ -33,7 +33,6 @@ _POS_TOL_MM = 0.01
 _DIR_TOL = 1e-4
 
 
-# --------------------------------------------------------------------------- reading
 @dataclass
 class SliceHeader:
     """What ingestion needs from one file (no dataset is kept: 4000 of them would cost more

@@ -14,10 +14,10 @@ import numpy as np
 
 from lvtl.errors import ConfigError, LvtlError
 from lvtl.io.nifti import read_volume
+from lvtl.labels import KEYS
+from lvtl.measure.metrics import THICKNESS_STATS as STATS
 from lvtl.measure.metrics import bland_altman, case_dice, summarize
 from lvtl.measure.thickness import wall_thickness
-
-STATS = ("median", "p95", "max")
 
 
 @dataclass
@@ -75,7 +75,7 @@ def compare_raters(a: str | Path, b: str | Path) -> AgreementReport:
         rep.summary = {
             "n": len(rep.cases),
             "dice": {lab: summarize([c["dice"][lab] for c in rep.cases])
-                     for lab in ("blood_pool", "lvm")},
+                     for lab in KEYS},
             "thickness_diff": {k: summarize([c["thickness_diff"][k] for c in rep.cases])
                                for k in STATS},
         }

@@ -73,6 +73,10 @@ def summarize(values: Sequence[float] | np.ndarray) -> dict[str, float | int]:
     }
 
 
+#: The statistics of a wall's thicknesses that lvtl reports (the paper's Table 1).
+THICKNESS_STATS = ("median", "p95", "max")
+
+
 def thickness_stats(values_mm: Sequence[float] | np.ndarray) -> dict[str, float]:
     """``median``, ``p95`` (linear-interpolated 95th percentile) and ``max`` of thicknesses, mm.
 

@@ -35,7 +35,6 @@ def _log(msg: str) -> None:
     log.info("%s", msg)
 
 
-# --------------------------------------------------------------------------- training loop
 @dataclass
 class TrainConfig:
     """How to train. ``lr`` None: 1e-3 from random init, 1e-4 when fine-tuning (the paper).

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lvtl.config import SiteRole
 from lvtl.errors import ConfigError
 from lvtl.io.atomic import atomic_path, write_text
 from lvtl.labels import KEYS
@@ -83,7 +84,9 @@ def render_markdown(doc: ResultsDoc, summary: dict) -> str:
         lines += [f"- **{n}**: {why}" for n, why in summary["sites_failed"].items()] + [""]
     for name in summary["sites_ok"]:
         sec, ps = doc.sites[name], summary["per_site"][name]
-        lines += [f"## {name}", "", f"{sec.n_test} test cases; transfer plateau at "
+        owner = (" (the model owner: the model on its own site's data, not a transfer)"
+                 if sec.role == SiteRole.MODEL_OWNER else "")
+        lines += [f"## {name}{owner}", "", f"{sec.n_test} test cases; transfer plateau at "
                   f"{ps['transfer_plateau_size']} training cases; baseline mean Dice "
                   f"{_fmt(ps['baseline_mean_dice'])}, best fine-tuned "
                   f"{_fmt(ps['best_finetuned_mean_dice'])}.", "",

@@ -24,8 +24,10 @@ from enum import Enum, StrEnum
 from typing import Any, Union
 
 from lvtl.config import SiteRole
+from lvtl.data.splits import ED_ES
 from lvtl.errors import ConfigError
 from lvtl.labels import KEYS
+from lvtl.measure.metrics import THICKNESS_STATS
 from lvtl.study.protocol import Arm, Protocol
 
 SCHEMA = "lvtl.report/1"
@@ -33,8 +35,8 @@ MAX_TEXT = 500  # characters of any text field
 MAX_ITEMS = 64  # items of a list of runs or of a tuple
 
 #: The thickness statistics per phase, and the phases (ED: largest blood pool, ES: smallest).
-STATS = ("median", "p95", "max")
-PHASES = ("ED", "ES")
+STATS = THICKNESS_STATS
+PHASES = ED_ES
 
 
 def per_case() -> Any:

@@ -75,7 +75,7 @@ def _thickness(labels: np.ndarray, spacing: float) -> dict | None:
         r = wall_thickness(labels, (spacing,) * 3)
     except ThicknessError:
         return None
-    return {"median": r.median, "p95": r.p95, "max": r.max}
+    return {s: getattr(r, s) for s in STATS}
 
 
 def truth_thickness(case, spacing: float = 1.0) -> dict:

@@ -82,3 +82,12 @@ def test_the_allow_list_follows_the_types_field_by_field():
     sec = section()
     sec["reason"] = "x" * (results.MAX_TEXT + 1)
     assert any("results.reason: expected text" in p for p in check_section(sec))
+
+
+def test_the_report_marks_the_model_owners_home_evaluation(tmp_path):
+    owner, participant = section(), section()
+    owner["role"], participant["role"] = "model-owner", "participant"
+    write_report({"schema": results.SCHEMA, "sites": {"site-1": owner, "site-2": participant}},
+                 tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## site-1 (the model owner" in md and "## site-2\n" in md
