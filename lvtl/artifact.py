@@ -85,6 +85,7 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
                      r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
                      r"(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
                      r"(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 _SIG_FIELDS = {"alg", "key_id", "signature"}
 _MANIFEST_FIELDS = {"schema", "name", "version", "architecture", "input", "labels",
@@ -107,6 +108,19 @@ def key_id(public_key) -> str:
 
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def normalize_key_id(text: str) -> str:
+    """The one canonical form of a key id: 16 lower-case hex digits. Accepts the forms a
+    person writes (upper case, surrounding spaces, the public key's file name
+    ``<id>.pub.pem``); anything else is refused, so a revocation is never silently ignored."""
+    if not isinstance(text, str):
+        raise ArtifactError(f"key id {text!r} is not text")
+    kid = text.strip().lower().removesuffix(PUBLIC_SUFFIX)
+    if not _KEY_ID.fullmatch(kid):
+        raise ArtifactError(f"{text!r} is not a key id (16 hex digits, as lvtl artifact keygen "
+                            "prints it)")
+    return kid
 
 
 def parse_version(version: str) -> tuple:
@@ -241,6 +255,7 @@ class TrustStore:
     min_version: str | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "revoked", frozenset(normalize_key_id(k) for k in self.revoked))
         if self.min_version is not None:
             parse_version(self.min_version)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 
-from lvtl.artifact import TrustStore
+from lvtl.artifact import TrustStore, normalize_key_id, parse_version
 from lvtl.data.preprocess import PreprocessConfig
-from lvtl.errors import ConfigError, choose
+from lvtl.errors import ArtifactError, ConfigError, choose
 
 
 class SiteRole(StrEnum):
@@ -103,9 +103,20 @@ def load_site_config(path: str | Path) -> SiteConfig:
     revoked = trust.get("revoked", [])
     if not isinstance(revoked, list) or not all(isinstance(k, str) for k in revoked):
         raise ConfigError(f"{path}: [trust] revoked must be a list of key id strings")
+    try:
+        revoked = [normalize_key_id(k) for k in revoked]
+    except ArtifactError as e:
+        raise ConfigError(f"{path}: [trust] revoked: {e}") from None
     min_version = trust.get("min_version")
-    if min_version is not None and not isinstance(min_version, str):
-        raise ConfigError(f"{path}: [trust] min_version must be a version string like \"1.0.0\"")
+    if "keys" in trust and min_version is None:
+        raise ConfigError(f"{path}: [trust] min_version is required with keys: the oldest "
+                          "model version this site fine-tunes, like \"1.0.0\"")
+    if min_version is not None:
+        try:
+            parse_version(min_version)
+        except ArtifactError:
+            raise ConfigError(f"{path}: [trust] min_version must be a version string like "
+                              f"\"1.0.0\", got {min_version!r}") from None
     return SiteConfig(
         name=name,
         role=role,

@@ -142,7 +142,7 @@ def _site_configs(out: Path, say: Say) -> Path:
         write_text(d / "site.toml",
                    f'[site]\nname = "{site}"\nrole = "{role}"\n[data]\n'
                    f'root = "{out / "data" / site}"\ncache = "{out / "cache" / site}"\n'
-                   '[trust]\nkeys = "trusted"\n')
+                   '[trust]\nkeys = "trusted"\nmin_version = "1.0.0"\n')
     say(f"[sites] configuration and pinned public key per site in {root}")
     return root
 

@@ -441,6 +441,31 @@ def test_site_config_trust_fields_are_validated(tmp_path):
     cfg.write_text('[site]\nname = "s"\n[trust]\nkeys = "k"\nmin_version = 1\n')
     with pytest.raises(ConfigError, match="min_version must be a version string"):
         load_site_config(cfg)
+    cfg.write_text('[site]\nname = "s"\n[trust]\nkeys = "k"\n')
+    with pytest.raises(ConfigError, match="min_version is required"):
+        load_site_config(cfg)
+    cfg.write_text('[site]\nname = "s"\n[trust]\nkeys = "k"\nmin_version = "1.0.0"\n'
+                   'revoked = ["owner-2024"]\n')
+    with pytest.raises(ConfigError, match="'owner-2024' is not a key id"):
+        load_site_config(cfg)
+
+
+@pytest.mark.parametrize("spelling", [str.upper, lambda k: f" {k}  ", lambda k: f"{k}.pub.pem",
+                                      lambda k: f"{k.upper()}.pub.pem\n"])
+def test_a_revoked_key_is_refused_in_every_spelling(art, keys, tmp_path, spelling):
+    """An attacker-friendly typo must not turn a revocation off: the site refuses the model."""
+    from lvtl.config import load_site_config
+
+    cfg = tmp_path / "site.toml"
+    kid = keys["ids"]["owner"]
+    cfg.write_text(f'[site]\nname = "site-2"\n[trust]\nkeys = "{keys["trust"]}"\n'
+                   f'revoked = [{json.dumps(spelling(kid))}]\nmin_version = "1.0.0"\n')
+    store = TrustStore.from_site_config(load_site_config(cfg))
+    assert store.revoked == {kid}
+    with pytest.raises(ArtifactError, match="revoked"):
+        verify(art, store)
+    with pytest.raises(ArtifactError, match="revoked"):  # also given straight to the store
+        verify(art, TrustStore(keys=store.keys, revoked=frozenset({spelling(kid)})))
 
 
 def test_cli_verify_with_site_config(art, keys, tmp_path):

@@ -95,7 +95,8 @@ def federation(tmp_path_factory):
             shutil.copy(pub, d / "trusted")
         (d / "site.toml").write_text(
             f'[site]\nname = "{site}"\n[data]\nroot = "{root}/data/{site}"\n'
-            f'cache = "{root}/cache/{site}"\n[trust]\nkeys = "trusted"\n')
+            f'cache = "{root}/cache/{site}"\n[trust]\nkeys = "trusted"\n'
+            'min_version = "1.0.0"\n')
     return root
 
 
@@ -333,7 +334,8 @@ def test_a_site_refuses_an_artifact_signed_by_a_key_it_does_not_pin(federation, 
     shutil.copy(tmp_path / "other-keys" / f"{other}.pub.pem", site / "trusted")
     (site / "site.toml").write_text(
         f'[site]\nname = "site-9"\n[data]\nroot = "{federation}/data/site-2"\n'
-        f'cache = "{tmp_path}/cache"\n[trust]\nkeys = "trusted"\n')
+        f'cache = "{tmp_path}/cache"\n[trust]\nkeys = "trusted"\nmin_version = "1.0.0"\n'
+        )
     monkeypatch.setenv("LVTL_SITE_CONFIG", str(site / "site.toml"))
     said = []
     section = run_task("site-9", {"artifact": pack_artifact(federation / "artifact"),
@@ -354,7 +356,7 @@ def test_the_site_config_decides_split_seed_and_role(federation, tmp_path, monke
     (site / "site.toml").write_text(
         f'[site]\nname = "site-2"\nrole = "participant"\nsplit_seed = 7\n'
         f'[data]\nroot = "{federation}/data/site-2"\ncache = "{tmp_path}/cache"\n'
-        '[trust]\nkeys = "trusted"\n')
+        '[trust]\nkeys = "trusted"\nmin_version = "1.0.0"\n')
     monkeypatch.setenv("LVTL_SITE_CONFIG", str(site / "site.toml"))
     monkeypatch.setenv("LVTL_WORK_DIR", str(tmp_path / "work"))
     section = run_task("site-2", {"artifact": pack_artifact(federation / "artifact"),
