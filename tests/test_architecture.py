@@ -18,6 +18,7 @@ STAGES = [
     ("lvtl.model",),
     ("lvtl.artifact",),
     ("lvtl.config",),
+    ("lvtl.sitecheck",),
     ("lvtl.study",),
     ("lvtl.flare",),
     ("lvtl.demo",),

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from lvtl.errors import ConfigError, PreprocessError
+from lvtl.errors import ConfigError, LvtlError, PreprocessError
 from lvtl.io.geometry import Geometry
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,94 @@ class NpyWriter:
             raise PreprocessError(f"{self.path}: wrote {self.count} of {self.shape[0]} slices")
 
 
-def cached(cache_dir: Path, key: str | None = None) -> bool:
-    """True when ``cache_dir`` holds a complete cache (with ``key``, when given)."""
-    meta = cache_dir / "meta.json"
-    if not meta.is_file():
-        return False
+#: The files of a cache folder.
+CACHE_FILES = ("meta.json", "image.npy", "label.npy", "labelled.npy")
+#: The problem :func:`cache_problem` names for an intact cache made with another key.
+OTHER_KEY = "made from other inputs or settings"
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | str:
+    """Shape and dtype of a ``.npy`` file from its header (the data is not read), or what is
+    wrong with it: missing, unreadable, Fortran order or shorter than its header says."""
     try:
-        m = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return False
-    return m.get("schema") == CACHE_SCHEMA and (key is None or m.get("key") == key)
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is None:
+                return f"{path.name}: unsupported .npy version {version}"
+            shape, fortran, dtype = reader(fh)
+            offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        return f"{path.name} missing"
+    except (OSError, ValueError) as e:  # numpy raises ValueError on a damaged header
+        return f"{path.name}: unreadable .npy header ({_first_line(e)})"
+    if fortran:
+        return f"{path.name}: Fortran order"
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < need:
+        return f"{path.name} truncated ({size} of {need} bytes)"
+    return tuple(int(n) for n in shape), dtype
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:120]
+
+
+def cache_problem(cache_dir: Path, key: str | None = None) -> str | None:
+    """What is wrong with the cache in ``cache_dir`` (None when it is complete, and made with
+    ``key`` when given): ``meta.json`` is read, and each array's shape and dtype from its
+    ``.npy`` header are checked against it and the file sizes; the arrays are not read."""
+    cache_dir = Path(cache_dir)
+    try:
+        m = json.loads((cache_dir / "meta.json").read_text())
+    except FileNotFoundError:
+        return "meta.json missing"
+    except (OSError, ValueError) as e:
+        return f"meta.json unreadable ({_first_line(e)})"
+    if not isinstance(m, dict) or m.get("schema") != CACHE_SCHEMA:
+        found = m.get("schema") if isinstance(m, dict) else None
+        return f"cache schema {found!r}, expected {CACHE_SCHEMA!r}"
+    try:
+        grid = tuple(int(n) for n in m["geometry"]["shape"])
+        n_phases = m.get("n_phases")
+        n_phases = None if n_phases is None else int(n_phases)
+    except (KeyError, TypeError, ValueError):
+        return "meta.json: no valid geometry"
+    if len(grid) != 3:
+        return "meta.json: no valid geometry"
+    headers = {}
+    for name in ("image.npy", "label.npy", "labelled.npy"):
+        h = _npy_header(cache_dir / name)
+        if isinstance(h, str):
+            return h
+        headers[name] = h
+    t = headers["image.npy"][0][0] if n_phases is None and headers["image.npy"][0] else n_phases
+    expected = {"image.npy": ((t, *grid), np.dtype(np.int16)),
+                "label.npy": ((t, *grid), np.dtype(np.uint8)),
+                "labelled.npy": ((t,), np.dtype(bool))}
+    for name, (shape, dtype) in expected.items():
+        got_shape, got_dtype = headers[name]
+        if got_shape != shape or got_dtype != dtype:
+            return (f"{name} holds {got_dtype} {list(got_shape)}, meta.json says "
+                    f"{dtype} {list(shape)}")
+    if "labelled_phases" in m:
+        try:
+            labelled = np.load(cache_dir / "labelled.npy", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            return f"labelled.npy unreadable ({_first_line(e)})"
+        if np.flatnonzero(labelled).tolist() != list(m["labelled_phases"]):
+            return "labelled.npy disagrees with meta.json's labelled phases"
+    if key is not None and m.get("key") != key:
+        return OTHER_KEY
+    return None
+
+
+def cached(cache_dir: Path, key: str | None = None) -> bool:
+    """True when ``cache_dir`` holds a complete cache (with ``key``, when given): see
+    :func:`cache_problem`."""
+    return cache_problem(cache_dir, key) is None
 
 
 @dataclass
@@ -76,8 +155,10 @@ class CachedCase:
 def load_cached(cache_dir: str | Path) -> CachedCase:
     """Open a case cache written by :func:`preprocess_case`."""
     cache_dir = Path(cache_dir)
-    if not cached(cache_dir):
-        raise PreprocessError(f"{cache_dir}: not a complete lvtl cache")
+    problem = cache_problem(cache_dir)
+    if problem is not None:
+        raise PreprocessError(f"{cache_dir}: not a complete lvtl cache ({problem}); run "
+                              "lvtl preprocess again")
     meta = json.loads((cache_dir / "meta.json").read_text())
     return CachedCase(
         case_id=meta["case_id"],
@@ -105,16 +186,34 @@ def downsample(case, factor: int):
 
 
 def load_site_cases(cache_root: str | Path, factor: int = 1):
-    """Every complete cache under ``cache_root`` with a labelled phase (others are reported
-    and left out), optionally downsampled; returns ``(cases, excluded)``."""
+    """Every complete cache under ``cache_root`` with a labelled phase, optionally downsampled;
+    returns ``(cases, excluded)``. A damaged cache (see :func:`cache_problem`) or one without
+    a labelled phase is left out with a warning and named in ``excluded`` (case -> why);
+    hidden folders (a run's temporaries) and folders holding no cache file are passed over."""
     cache_root = Path(cache_root)
     if not cache_root.is_dir():
         raise ConfigError(f"{cache_root}: no such cache folder")
     cases, skipped = [], {}
-    for d in sorted(p for p in cache_root.iterdir() if p.is_dir()):
-        if not cached(d):
+    for d in sorted(cache_root.iterdir()):
+        if d.name.startswith("."):
             continue
-        c = load_cached(d)
+        try:
+            if not d.is_dir() or not any((d / f).exists() for f in CACHE_FILES):
+                continue
+        except OSError:
+            pass  # an unreadable entry: cache_problem says what is wrong
+        problem = cache_problem(d)
+        c = None
+        if problem is None:
+            try:
+                c = load_cached(d)
+            except (LvtlError, OSError, ValueError, KeyError) as e:  # changed since the check
+                problem = _first_line(e)
+        if c is None:
+            skipped[d.name] = f"damaged cache: {problem}"
+            log.warning("%s: damaged cache (%s); excluded, run lvtl preprocess again",
+                        d.name, problem)
+            continue
         if not bool(np.asarray(c.labelled).any()):
             skipped[c.case_id] = "no labelled phase"
             log.warning("%s: no labelled phase; excluded from the study", c.case_id)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lvtl.data.cache import CACHE_SCHEMA, NpyWriter, cached
+from lvtl.data.cache import CACHE_SCHEMA, OTHER_KEY, NpyWriter, cache_problem
 from lvtl.data.repair import RepairMode, relabel, repair_labels
 from lvtl.data.resample import (
     AIR_HU,
@@ -29,11 +30,11 @@ from lvtl.data.resample import (
     resample_labels,
     resample_phase,
 )
-from lvtl.errors import ConfigError, LabelError, LvtlError, choose
+from lvtl.errors import ConfigError, LabelError, LvtlError, PreprocessError, choose
 from lvtl.io.atomic import replace_dir
 from lvtl.io.dicom import SeriesIndex, scan_series
 from lvtl.io.geometry import Geometry
-from lvtl.io.nifti import read_volume
+from lvtl.io.nifti import MAX_VOXELS, read_geometry, read_volume
 from lvtl.labels import BLOOD_POOL, LABEL_FILE, MYOCARDIUM
 from lvtl.parallel import map_cases
 
@@ -83,17 +84,71 @@ class CaseResult:
     labelled: list[int] = field(default_factory=list)
 
 
-def find_cases(root: str | Path) -> list[Path]:
-    """Case folders under ``root``: each holds a ``dicom/`` folder. ``root`` itself counts."""
+def find_cases(root: str | Path, unreadable: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Case folders under ``root``: each holds a ``dicom/`` folder. ``root`` itself counts.
+
+    An entry that cannot be used as a case (a broken symbolic link, a folder that cannot be
+    read, a ``dicom`` that is not a folder) is left out and added to ``unreadable`` as
+    ``(name, problem)`` (without ``unreadable``: one warning each); other files, hidden
+    entries and folders without ``dicom`` are not cases and are passed over.
+    """
     root = Path(root)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: not a folder")
-    if (root / "dicom").is_dir():
+    try:
+        if not root.is_dir():
+            raise ConfigError(f"{root}: not a folder")
+    except OSError as e:
+        raise ConfigError(f"{root}: cannot read the data folder ({_os_reason(e)})") from e
+    cases, bad = [], []
+    problem = _case_problem(root)
+    if problem == "":
         return [root]
-    cases = sorted(p for p in root.iterdir() if p.is_dir() and (p / "dicom").is_dir())
-    if not cases:
+    if problem is not None:  # root is a case folder with an unusable dicom
+        entries = []
+        bad.append((root.name, problem))
+    else:
+        try:
+            entries = sorted(root.iterdir())
+        except OSError as e:
+            raise ConfigError(f"{root}: cannot read the data folder ({_os_reason(e)})") from e
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        problem = _case_problem(p)
+        if problem == "":
+            cases.append(p)
+        elif problem is not None:
+            bad.append((p.name, problem))
+    if unreadable is not None:
+        unreadable.extend(bad)
+    else:
+        for name, problem in bad:
+            log.warning("%s: %s; skipped", name, problem)
+    if not cases and not bad:
         raise ConfigError(f"{root}: no case folders (folders holding a dicom/ folder)")
     return cases
+
+
+def _case_problem(p: Path) -> str | None:
+    """'' for a case folder, None for an entry that is no case, else why it cannot be used."""
+    try:
+        if not p.is_dir():
+            if p.is_symlink() and not p.exists():
+                return f"broken symbolic link (to {os.readlink(p)})"
+            return None  # a file: not a case
+        d = p / "dicom"
+        if d.is_dir():
+            return ""
+        if d.is_symlink() and not d.exists():
+            return f"dicom is a broken symbolic link (to {os.readlink(d)})"
+        if d.exists():
+            return "dicom is not a folder"
+        return None  # a folder without dicom/: not a case
+    except OSError as e:  # e.g. no permission, a link to a name too long
+        return f"cannot read the case folder ({_os_reason(e)})"
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
 
 
 def iter_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig):
@@ -113,15 +168,17 @@ def iter_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig):
         if phase >= index.n_phases:
             raise LabelError(f"{name}: phase {phase} but the series has {index.n_phases} "
                              f"phases (0 to {index.n_phases - 1})")
-        arr, geom = read_volume(path)
+        # the header first: a file on another grid (or claiming gigabytes) is refused before
+        # any of its pixel data is read
+        diffs = index.geometry.differences(read_geometry(path), tol_mm=0.01, tol_dir=1e-3)
+        if diffs:
+            raise LabelError(f"{name}: geometry does not match the image series "
+                             f"({'; '.join(diffs)})")
+        arr, _ = read_volume(path, shape=index.geometry.shape)
         if arr.dtype.kind == "f":
             if not np.array_equal(arr, np.rint(arr)):
                 raise LabelError(f"{name}: label values are not integers")
             arr = arr.astype(np.int64)
-        diffs = index.geometry.differences(geom, tol_mm=0.01, tol_dir=1e-3)
-        if diffs:
-            raise LabelError(f"{name}: geometry does not match the image series "
-                             f"({'; '.join(diffs)})")
         lab = relabel(arr, config.blood_pool_value, config.myocardium_value, source=name)
         missing = [n for n, v in (("blood pool", BLOOD_POOL), ("myocardium", MYOCARDIUM))
                    if not (lab == v).any()]
@@ -178,10 +235,23 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
     case_id = case_dir.name
     final = out_root / case_id
     key = _fingerprint(case_dir, config)
-    if not force and cached(final, key):
+    problem = cache_problem(final, key) if final.exists() else "none"
+    if not force and problem is None:
         meta = json.loads((final / "meta.json").read_text())
         return CaseResult(case_id, "cached", cache=str(final), labelled=meta["labelled_phases"])
+    if problem not in (None, "none", OTHER_KEY):
+        log.warning("%s: damaged cache (%s); rebuilding it", case_id, problem)
     index = scan_series(case_dir / "dicom")
+    # Sizes from the headers before any pixel data is read: one phase of the series and of
+    # the resampled grid must each fit the limit (a header cannot claim gigabytes).
+    dst = canonical_grid(index.geometry, config.spacing_mm)
+    for what, g in (("the series", index.geometry),
+                    (f"the {config.spacing_mm:g} mm grid", dst)):
+        n = int(np.prod(g.shape, dtype=np.int64))
+        if n > MAX_VOXELS:
+            raise PreprocessError(f"{case_id}: {what} would hold {n} voxels per phase "
+                                  f"({'x'.join(map(str, g.shape))}), more than the limit of "
+                                  f"{MAX_VOXELS}; check the series' spacing and positions")
     # Labels first (fail fast on a bad file), kept only as crops around the heart.
     crops: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}
     for t, lab_t in iter_labels(case_dir, index, config):
@@ -190,7 +260,6 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
         del lab_t
     if not crops:
         log.warning("%s: no labels; the cache holds images only", case_id)
-    dst = canonical_grid(index.geometry, config.spacing_mm)
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = out_root / f".tmp-{case_id}-{os.getpid()}"
     if tmp.exists():
@@ -264,24 +333,101 @@ def _write_phases(index: SeriesIndex, dst: Geometry, crops: dict, config: Prepro
 
 def _run_case(args: tuple) -> CaseResult:
     case_dir, out_root, config, force = args
+    name = Path(case_dir).name
     try:
         return preprocess_case(case_dir, out_root, config, force=force)
     except LvtlError as e:
-        return CaseResult(Path(case_dir).name, "failed", reason=str(e))
+        return CaseResult(name, "failed", reason=_one_line(str(e)))
     except Exception as e:  # one bad case must not stop the others
         log.debug("case %s failed", case_dir, exc_info=True)
-        return CaseResult(Path(case_dir).name, "failed",
-                          reason=f"{Path(case_dir).name}: {type(e).__name__}: {e}")
+        return CaseResult(name, "failed",
+                          reason=f"{name}: {type(e).__name__}: {_one_line(str(e))}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+#: A leftover temporary folder of an interrupted run (``.tmp-<case>-<pid>`` written by
+#: :func:`preprocess_case`, ``.old-<case>-<pid>`` by :func:`lvtl.io.atomic.replace_dir`) is
+#: removed by :func:`preprocess_site` when process ``<pid>`` is not running and nothing in the
+#: folder changed for ``STALE_GRACE_S`` seconds (a live writer on another machine sharing the
+#: cache keeps changing it), or, whatever the pid (pids are reused), when nothing changed for
+#: ``STALE_AGE_S`` seconds. A folder of the running process is never removed.
+STALE_GRACE_S = 10 * 60
+STALE_AGE_S = 24 * 3600
+_LEFTOVER = re.compile(r"\.(tmp|old)-(.+)-(\d+)")
+
+
+def _pid_running(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would end the process there: rely on the age alone
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def _last_change(folder: Path) -> float:
+    """The newest modification time of ``folder`` and its entries (the files grow while a
+    case is written)."""
+    t = folder.lstat().st_mtime
+    for p in folder.iterdir():
+        t = max(t, p.lstat().st_mtime)
+    return t
+
+
+def remove_stale_temporaries(out_root: str | Path) -> list[Path]:
+    """Remove the leftover temporary folders of interrupted runs under ``out_root`` (see
+    :data:`STALE_AGE_S`); returns the folders removed."""
+    out_root = Path(out_root)
+    removed: list[Path] = []
+    try:
+        entries = sorted(out_root.iterdir()) if out_root.is_dir() else []
+    except OSError:
+        return removed
+    for p in entries:
+        m = _LEFTOVER.fullmatch(p.name)
+        if m is None:
+            continue
+        pid = int(m.group(3))
+        try:
+            if p.is_symlink() or not p.is_dir() or pid == os.getpid():
+                continue
+            age = time.time() - _last_change(p)
+        except OSError:
+            continue
+        if age < STALE_GRACE_S or (age < STALE_AGE_S and _pid_running(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            removed.append(p)
+            log.info("%s: removed the leftover of an interrupted run (process %d)", p, pid)
+    return removed
 
 
 def preprocess_site(root: str | Path, out_root: str | Path,
                     config: PreprocessConfig | None = None, *, workers: int = 1,
                     force: bool = False, progress: bool = False) -> list[CaseResult]:
-    """Preprocess every case under ``root``; failed cases are reported, the others go on."""
+    """Preprocess every case under ``root``; failed cases are reported, the others go on.
+
+    A case folder that cannot be read is reported as failed without stopping the others, and
+    the leftovers of interrupted runs under ``out_root`` are removed first
+    (:func:`remove_stale_temporaries`)."""
     config = config or PreprocessConfig()
-    cases = find_cases(root)
+    unreadable: list[tuple[str, str]] = []
+    cases = find_cases(root, unreadable)
+    remove_stale_temporaries(out_root)
     jobs = [(c, out_root, config, force) for c in cases]
     results = map_cases(_run_case, jobs, workers=workers, desc="preprocess", progress=progress)
+    results += [CaseResult(name, "failed", reason=f"{name}: {problem}")
+                for name, problem in unreadable]
+    results.sort(key=lambda r: r.case_id)
     for r in results:
         if r.status == "failed":
             log.error("%s", r.reason)

@@ -31,32 +31,86 @@ def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry) -> Pat
     return path
 
 
-def read_volume(path: str | Path, dtype=None, phase: int | None = None
-                ) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D NIfTI file (or phase ``phase`` of a 4D one) as a ``(z, y, x)`` array and its
-    geometry."""
-    path = Path(path)
+#: The most voxels one volume (one phase) may hold (``2**29``: 1024 x 1024 x 512, as a
+#: high-resolution 1024-matrix series can have; 512 MiB as uint8, 2 GiB as float32). A header
+#: claiming more is refused before any pixel data is read, so a small compressed file cannot
+#: claim gigabytes.
+MAX_VOXELS = 2**29
+
+
+def _open(path: Path, phase: int | None
+          ) -> tuple[nib.Nifti1Image, tuple[int, int, int], int | None]:
+    """The image with its pixel data not yet read, the ``(x, y, z)`` shape of the volume to
+    read (from the header) and the 4th index to read (None for a 3D file)."""
     try:
         img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
+        shape = tuple(int(n) for n in img.shape)
     except Exception as e:  # nibabel raises several types on truncated or foreign files
-        raise LabelError(f"{path}: cannot read NIfTI ({str(e).splitlines()[0][:120]})") from e
-    if data.ndim == 4 and phase is None and data.shape[3] == 1:
-        data = data[..., 0]
-    elif data.ndim == 4:
+        raise LabelError(f"{path}: cannot read NIfTI ({_first_line(e)})") from e
+    if len(shape) not in (3, 4):
+        raise LabelError(f"{path}: expected a 3D volume, got shape {list(shape)}")
+    if len(shape) == 4 and phase is None and shape[3] == 1:
+        index = 0
+    elif len(shape) == 4:
         if phase is None:
-            raise LabelError(f"{path}: a 4D file with {data.shape[3]} phases; choose one "
-                             "(--phase)")
-        if not 0 <= phase < data.shape[3]:
-            raise LabelError(f"{path}: phase {phase} out of range 0 to {data.shape[3] - 1}")
-        data = data[..., phase]
+            raise LabelError(f"{path}: a 4D file with {shape[3]} phases; choose one (--phase)")
+        if not 0 <= phase < shape[3]:
+            raise LabelError(f"{path}: phase {phase} out of range 0 to {shape[3] - 1}")
+        index = phase
     elif phase not in (None, 0):
         raise LabelError(f"{path}: a 3D file has no phase {phase}")
-    if data.ndim != 3:
-        raise LabelError(f"{path}: expected a 3D volume, got shape {list(data.shape)}")
+    else:
+        index = None
+    xyz = shape[:3]
+    if min(xyz) < 1:
+        raise LabelError(f"{path}: header shape {list(xyz[::-1])} (z, y, x) has an empty axis")
+    return img, xyz, index
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:120]
+
+
+def _geometry(path: Path, img: nib.Nifti1Image, xyz: tuple[int, int, int]) -> Geometry:
     try:
-        geometry = Geometry.from_nifti_affine(img.affine, data.shape)
+        return Geometry.from_nifti_affine(img.affine, xyz)
     except ValueError as e:
         raise LabelError(f"{path}: invalid affine ({e})") from e
+
+
+def read_geometry(path: str | Path, phase: int | None = None) -> Geometry:
+    """The geometry of a NIfTI volume (phase ``phase`` of a 4D one) from its header alone: no
+    pixel data is read, so a header claiming a huge volume costs nothing here."""
+    path = Path(path)
+    img, xyz, _ = _open(path, phase)
+    return _geometry(path, img, xyz)
+
+
+def read_volume(path: str | Path, dtype=None, phase: int | None = None, *,
+                shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D NIfTI file (or phase ``phase`` of a 4D one) as a ``(z, y, x)`` array and its
+    geometry.
+
+    The header is checked before any pixel data is read: a volume of more than
+    :data:`MAX_VOXELS` voxels, or (given ``shape``, ``(z, y, x)``) of another shape, is refused
+    with a :class:`~lvtl.errors.LabelError`. Only the chosen phase of a 4D file is read.
+    """
+    path = Path(path)
+    img, xyz, index = _open(path, phase)
+    if shape is not None and tuple(shape) != xyz[::-1]:
+        raise LabelError(f"{path}: header shape {list(xyz[::-1])} (z, y, x) does not match "
+                         f"the image grid {list(shape)}")
+    n = xyz[0] * xyz[1] * xyz[2]
+    if n > MAX_VOXELS:
+        raise LabelError(f"{path}: header shape {list(xyz[::-1])} (z, y, x) claims {n} voxels, "
+                         f"more than the limit of {MAX_VOXELS}")
+    geometry = _geometry(path, img, xyz)
+    try:
+        data = np.asanyarray(img.dataobj if index is None else img.dataobj[..., index])
+    except Exception as e:  # nibabel raises several types on truncated or foreign files
+        raise LabelError(f"{path}: cannot read NIfTI ({_first_line(e)})") from e
+    if data.shape != xyz:
+        raise LabelError(f"{path}: read shape {list(data.shape)}, header says {list(xyz)}")
     arr = np.ascontiguousarray(data.transpose(2, 1, 0))
     return (arr if dtype is None else arr.astype(dtype)), geometry
