@@ -63,7 +63,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lvtl.errors import ArtifactError, ConfigError
+from lvtl.errors import (
+    ArtifactError,
+    ConfigError,
+    OldVersionError,
+    RevokedKeyError,
+    UntrustedKeyError,
+)
 from lvtl.labels import NAMES
 from lvtl.model.checkpoint import read_checkpoint
 
@@ -524,10 +530,11 @@ def verify(artifact_dir: str | Path, trust: TrustStore) -> VerifiedArtifact:
     kid, sig = _check_signature_doc(root / SIGNATURE, _read_small(root / SIGNATURE,
                                                                   MAX_SIGNATURE))
     if kid in trust.revoked:
-        raise ArtifactError(f"{root}: signed by key {kid}, which this site has revoked")
+        raise RevokedKeyError(f"{root}: signed by key {kid}, which this site has revoked")
     pub = trust.keys.get(kid)
     if pub is None:
-        raise ArtifactError(f"{root}: signed by key {kid}, which this site does not trust")
+        raise UntrustedKeyError(f"{root}: signed by key {kid}, which this site does not "
+                                "trust")
     raw = _read_small(root / MANIFEST, MAX_MANIFEST)
     try:
         pub.verify(sig, raw)
@@ -547,7 +554,7 @@ def verify(artifact_dir: str | Path, trust: TrustStore) -> VerifiedArtifact:
         _check_payload(root, name, manifest["files"][name])
     if trust.min_version is not None and (parse_version(manifest["version"])
                                           < parse_version(trust.min_version)):
-        raise ArtifactError(f"{root}: version {manifest['version']} is below this site's "
+        raise OldVersionError(f"{root}: version {manifest['version']} is below this site's "
                             f"minimum {trust.min_version}")
     return VerifiedArtifact(path=root, manifest=manifest, key_id=kid)
 

@@ -53,6 +53,25 @@ class ArtifactError(LvtlError):
     """A model artifact that is malformed, unsigned, untrusted or tampered with."""
 
     exit_code = 7
+    why = "invalid"  # the refusal's code in a site's results (no paths, no detail)
+
+
+class UntrustedKeyError(ArtifactError):
+    """An artifact signed by a key the site does not pin."""
+
+    why = "untrusted_key"
+
+
+class RevokedKeyError(ArtifactError):
+    """An artifact signed by a key the site has revoked."""
+
+    why = "revoked_key"
+
+
+class OldVersionError(ArtifactError):
+    """An artifact older than the site's minimum version."""
+
+    why = "version_too_old"
 
 
 class TrainError(LvtlError):

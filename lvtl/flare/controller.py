@@ -3,60 +3,80 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
-from lvtl.artifact import MANIFEST
 from lvtl.errors import ConfigError
 from lvtl.flare.site import pack_artifact
 from lvtl.study.protocol import Protocol
 from lvtl.study.report import write_report
-from lvtl.study.results import ResultsDoc, SiteResults
+from lvtl.study.results import Reason, ResultsDoc, SiteResults, Status
 
 TASK = "lvtl_study"
+#: Seconds the server waits for a site's results (a week: a paper-scale study at a site runs
+#: for days on a GPU); 0 waits without limit.
+DEFAULT_TIMEOUT = 7 * 24 * 3600
+#: Seconds a site may stay disconnected (no heartbeat) before it is taken as dead.
+DEAD_AFTER = 120.0
 
 
 class StudyController(ModelController):
     """Sends the signed artifact and the study protocol to every site (one task each), waits up
-    to ``timeout`` seconds (0: no limit) for each site's results, and writes ``report.json``,
-    ``report.md`` and plots in the server's run folder. A site that fails, refuses the model or
-    does not answer in time is in the report with its reason."""
+    to ``timeout`` seconds (0: no limit) for each site's results, and keeps ``report.json``,
+    ``report.md`` and plots in the server's run folder up to date: written at the start (every
+    site pending) and again as each site's results arrive, so a server crash loses nothing
+    received. A site disconnected for ``dead_after`` seconds is taken as dead. A site that
+    fails, refuses the model, dies or does not answer in time is in the report with its
+    reason code."""
 
     def __init__(self, artifact: str = "artifact", protocol: dict | None = None,
-                 timeout: int = 0, task_name: str = TASK):
+                 timeout: int = DEFAULT_TIMEOUT, task_name: str = TASK,
+                 dead_after: float = DEAD_AFTER):
         super().__init__(persistor_id="", ignore_result_error=True)
         self.artifact = artifact
         self.protocol = dict(protocol or {})
         self.timeout = int(timeout)
         self.task_name = task_name
+        self.dead_after = float(dead_after)
 
     def _artifact_dir(self) -> Path:
         if os.path.isabs(self.artifact):
             return Path(self.artifact)
-        # FedJob copies the artifact folder's files into the server app's custom/ folder
-        app = Path(self.get_app_dir())
-        for cand in (app / "custom" / self.artifact, app / self.artifact, app / "custom"):
-            if (cand / MANIFEST).is_file():
-                return cand
-        return app / "custom" / self.artifact
+        # the job carries the artifact's files in the server app's config folder (not in
+        # custom/: the job brings no code)
+        return Path(self.get_app_dir()) / "config" / self.artifact
 
     def run(self) -> None:
         files = pack_artifact(self._artifact_dir())
         clients = self.sample_clients()
-        sites: dict[str, SiteResults] = {}
+        sites = {name: SiteResults.pending() for name in clients}
+        protocol = Protocol.from_dict(self.protocol)
+        lock = threading.Lock()
+
+        def write() -> None:  # after every change: a server crash loses nothing received
+            with lock:
+                out = write_report(ResultsDoc(sites=dict(sites), protocol=protocol),
+                                   self.get_run_dir())
+            self.info(f"report written: {out}")
 
         def collect(result: FLModel) -> None:
             name = result.meta.get("client_name", "?")
+            if name not in sites:
+                self.error(f"results from {name}, which was not sent the study: ignored")
+                return
             try:
                 sites[name] = SiteResults.from_dict((result.params or {}).get("site"))
             except ConfigError as e:
                 self.error(f"results from {name} refused: {e}")
-                sites[name] = SiteResults.failed("the site sent no valid results section")
+                sites[name] = SiteResults.failed(Reason.INVALID_RESULTS)
             self.info(f"results from {name}: {sites[name].status}")
+            write()
 
+        write()  # every site pending
         # one task per site: a site that dies or times out ends only its own task, so the
         # others' results are never dropped with it
         self.info(f"sending the study to {', '.join(clients)}")
@@ -65,14 +85,26 @@ class StudyController(ModelController):
                            current_round=0, total_rounds=1)
             self.send_model(task_name=self.task_name, data=task, targets=[name],
                             timeout=self.timeout, callback=collect)
+        gone: dict[str, float] = {}  # site -> when it was first seen disconnected
         while self.get_num_standing_tasks() > 0 and not self.abort_signal.triggered:
             time.sleep(1.0)
+            connected = {c.name for c in self.engine.get_clients()}
+            now = time.monotonic()
+            for name, sec in sites.items():
+                if sec.status == Status.PENDING and name not in connected:
+                    if now - gone.setdefault(name, now) > self.dead_after:
+                        self.error(f"{name} has been disconnected for {self.dead_after:.0f} s: "
+                                   "taken as dead")
+                        sites[name] = SiteResults.failed(Reason.NO_RESULTS)
+                        write()
+                else:
+                    gone.pop(name, None)
+            if all(sec.status != Status.PENDING for sec in sites.values()):
+                self.cancel_all_tasks()
+                break
         for name in clients:
-            if name not in sites:
-                sites[name] = SiteResults.failed(
-                    "no results: the site's task failed, its process ended, or it did not "
-                    f"finish within the timeout ({self.timeout or 'none'} s); see the site's log")
-        doc = ResultsDoc(sites={name: sites[name] for name in clients},
-                         protocol=Protocol.from_dict(self.protocol))
-        out = write_report(doc, self.get_run_dir())
-        self.info(f"report written: {out}")
+            if sites[name].status == Status.PENDING:
+                self.error(f"no results from {name}: its task failed, its process ended, or it "
+                           f"did not finish within the timeout ({self.timeout or 'none'} s)")
+                sites[name] = SiteResults.failed(Reason.NO_RESULTS)
+        write()

@@ -1,8 +1,9 @@
 """What a site does with the task: verify the model, preprocess, run the study, report.
 
-Importable without NVFlare (the Client API loop is in :func:`main`), so the logic is tested
-on its own. The site's private settings come from its own configuration, never from the job:
-``LVTL_SITE_CONFIG`` (a site TOML file), else ``$LVTL_SITES_DIR/<site>/site.toml``.
+Importable without NVFlare (:class:`lvtl.flare.executor.StudyExecutor` runs it at the site), so
+the logic is tested on its own. The site's private settings come from its own configuration,
+never from the job: ``LVTL_SITE_CONFIG`` (a site TOML file), else
+``$LVTL_SITES_DIR/<site>/site.toml``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from lvtl.artifact import ARTIFACT_FILES, MANIFEST, TrustStore, load_model_sourc
 from lvtl.config import load_site_config
 from lvtl.data.cache import load_site_cases
 from lvtl.data.preprocess import preprocess_site
-from lvtl.errors import ArtifactError, ConfigError, LvtlError
+from lvtl.errors import (
+    ArtifactError,
+    ConfigError,
+    LvtlError,
+    OldVersionError,
+    RevokedKeyError,
+    UntrustedKeyError,
+)
 from lvtl.flare.privacy import check_section
 from lvtl.parallel import Say
 from lvtl.study.protocol import Protocol
-from lvtl.study.results import ArtifactInfo, SiteResults
+from lvtl.study.results import ArtifactInfo, Reason, SiteResults
 from lvtl.study.run import run_study
 
 log = logging.getLogger(__name__)
@@ -47,17 +55,33 @@ def pack_artifact(folder: str | Path) -> dict[str, bytes]:
     return {f: (folder / f).read_bytes() for f in ARTIFACT_FILES}
 
 
+#: The results code of each kind of artifact refusal.
+ARTIFACT_REASONS = {
+    UntrustedKeyError.why: Reason.ARTIFACT_UNTRUSTED_KEY,
+    RevokedKeyError.why: Reason.ARTIFACT_REVOKED_KEY,
+    OldVersionError.why: Reason.ARTIFACT_TOO_OLD,
+    ArtifactError.why: Reason.ARTIFACT_INVALID,
+}
+MIN_CASES = 3  # a study needs a training, a validation and a test case
+
+
 def run_task(site: str, params: dict, say: Say = log.info) -> dict:
     """The site's results section (JSON form) for one task ``{"artifact": {file: bytes},
-    "protocol"}``; a refusal or failure comes back as a ``failed`` section with the reason.
-    The site's own config decides its data, its trusted keys and its split (its
-    ``split_seed`` replaces the job's)."""
+    "protocol"}``. A refusal or failure comes back as a ``failed`` section whose reason is a
+    fixed code (:class:`~lvtl.study.results.Reason`); the detail (paths, case ids, the
+    traceback) goes to ``say`` and the site's log only. The site's own config decides its
+    data, its trusted keys and its split (its ``split_seed`` replaces the job's)."""
+    stage = Reason.SITE_CONFIG
     try:
         cfg = load_site_config(site_config_path(site))
         if cfg.data_root is None or cfg.cache_root is None:
             raise ConfigError(f"{cfg.source}: [data] root and cache are required")
+        if not cfg.data_root.is_dir():
+            raise ConfigError(f"{cfg.source}: [data] root {cfg.data_root} is not a folder")
+        stage = Reason.PROTOCOL
         protocol = dataclasses.replace(Protocol.from_dict(dict(params.get("protocol") or {})),
                                        split_seed=cfg.split_seed)
+        stage = Reason.ARTIFACT_INVALID
         files = params.get("artifact") or {}
         if set(files) != set(ARTIFACT_FILES) or not all(isinstance(v, bytes)
                                                         for v in files.values()):
@@ -72,11 +96,16 @@ def run_task(site: str, params: dict, say: Say = log.info) -> dict:
             manifest = json.loads(files[MANIFEST])
         say(f"[{site}] artifact verified: {manifest['name']} {manifest['version']}, key "
             f"{manifest['key_id']}")
+        stage = Reason.SITE_ERROR
         results = preprocess_site(cfg.data_root, cfg.cache_root, cfg.preprocess)
         bad = [r for r in results if r.status == "failed"]
         for r in bad:
             say(f"[{site}] preprocessing skipped {r.reason}")
         cases, excluded = load_site_cases(cfg.cache_root, protocol.downsample)
+        if len(cases) < MIN_CASES:
+            say(f"[{site}] {len(cases)} usable case(s) in {cfg.cache_root}; the study needs "
+                f"at least {MIN_CASES}")
+            return failed(Reason.NO_USABLE_CASES)
         key = hashlib.sha256(files[MANIFEST] + json.dumps(
             protocol.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
         work = Path(os.environ.get("LVTL_WORK_DIR") or cfg.cache_root.parent / "lvtl-study")
@@ -86,37 +115,23 @@ def run_task(site: str, params: dict, say: Say = log.info) -> dict:
             section, role=cfg.role, preprocess_failed=len(bad),
             artifact=ArtifactInfo(**{k: manifest[k] for k in ("name", "version", "key_id")}))
     except ArtifactError as e:
-        say(f"[{site}] artifact refused: {e}")
-        return failed(f"artifact refused: {e}")
+        reason = ARTIFACT_REASONS.get(e.why, Reason.ARTIFACT_INVALID)
+        say(f"[{site}] artifact refused ({reason}): {e}")
+        return failed(reason)
     except LvtlError as e:
-        say(f"[{site}] failed: {e}")
-        return failed(str(e))
-    except Exception as e:  # noqa: BLE001 - the reason goes back; the traceback stays here
-        log.error("%s", traceback.format_exc())
-        return failed(f"unexpected {type(e).__name__}: {e}")
+        say(f"[{site}] failed ({stage}): {e}")
+        return failed(stage)
+    except Exception:  # noqa: BLE001 - the code goes back; the traceback stays here
+        log.error("[%s] %s", site, traceback.format_exc())
+        return failed(Reason.INTERNAL_ERROR)
     out = section.to_dict()
     problems = check_section(out)
     if problems:
-        return failed("results blocked by the privacy allow-list: " + "; ".join(problems[:3]))
+        say(f"[{site}] results blocked by the privacy allow-list: " + "; ".join(problems[:5]))
+        return failed(Reason.BLOCKED)
     return out
 
 
-def failed(reason: str) -> dict:
+def failed(reason: Reason) -> dict:
     """A ``failed`` section in its JSON form."""
     return SiteResults.failed(reason).to_dict()
-
-
-def main() -> None:
-    """The Client API loop (run by NVFlare's ScriptRunner at each site)."""
-    import nvflare.client as flare
-    from nvflare.app_common.abstract.fl_model import FLModel
-
-    logging.basicConfig(level=logging.INFO)
-    flare.init()
-    site = flare.get_site_name()
-    while flare.is_running():
-        task = flare.receive()
-        if task is None:
-            break
-        section = run_task(site, task.params or {}, say=lambda m: log.info("%s", m))
-        flare.send(FLModel(params={"site": section}))

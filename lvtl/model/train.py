@@ -6,6 +6,7 @@ from :mod:`lvtl.data.crops`; checkpoints are :mod:`lvtl.model.checkpoint`'s form
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -135,6 +136,16 @@ def _batch(cases, cfg: TrainConfig, rng: np.random.Generator):
             torch.from_numpy(np.stack(masks)))
 
 
+def data_fingerprint(train_cases: list, val_cases: list) -> str:
+    """A hash of what a run trains and validates on: each case's id and cache key (the key
+    covers the case's input files and preprocessing settings)."""
+    def ids(cases: list) -> list:
+        return sorted([c.case_id, getattr(c, "meta", {}).get("key", "")] for c in cases)
+
+    doc = json.dumps({"train": ids(train_cases), "val": ids(val_cases)}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
 def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
                bf16: bool = False) -> torch.Tensor:
     """The training loss of one batch: the forward pass (in bfloat16 autocast if ``bf16``) and
@@ -146,13 +157,17 @@ def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m: torc
 
 def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: TrainConfig,
           out_dir: str | Path, *, transfer: bool = False, meta: dict | None = None,
-          say: Say | None = None) -> TrainResult:
+          say: Say | None = None, restart_on_change: bool = False) -> TrainResult:
     """Train ``model`` on cached cases (:class:`lvtl.data.preprocess.CachedCase`); keep the best
     model on the validation cases and resume from ``out_dir/last.pt`` if it is there.
 
     Writes ``last.pt`` (model, optimiser, schedule, epoch; after every epoch, atomically) and
     ``best.pt`` (the artifact-compatible checkpoint of the best validation Dice). A non-finite
     loss stops training with :class:`TrainError`, leaving the last good checkpoints in place.
+    A run resumes only with the same settings and the same data (the training and validation
+    cases and their cache keys, :func:`data_fingerprint`); otherwise it stops with
+    :class:`ConfigError`, or with ``restart_on_change`` starts over (a study rerun after a
+    site changed its cases must not reuse runs trained on the old split).
     """
 
     cfg.check()
@@ -175,14 +190,23 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
     settings["lr"] = cfg.resolved_lr(transfer)
     settings["decay_every"] = cfg.resolved_decay_every()
     settings["crop"] = list(cfg.crop)
-    if last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        changed = [f"{k}={state.get('settings', {}).get(k)!r} (now {v!r})"
-                   for k, v in settings.items() if state.get("settings", {}).get(k) != v]
-        if changed:
-            raise ConfigError(f"{last_path} was written with other settings: "
+    settings["data"] = data_fingerprint(usable, val_cases)
+    state = (torch.load(last_path, map_location=device, weights_only=False)
+             if last_path.exists() else None)
+    if state is not None:
+        old = state.get("settings", {})
+        changed = [k if k == "data" else f"{k}={old.get(k)!r} (now {v!r})"
+                   for k, v in settings.items() if old.get(k) != v]
+        if changed and restart_on_change:
+            say(f"{out}: {', '.join(changed)} changed since the last run; starting over")
+            for f in (last_path, best_path, out / "history.json"):
+                f.unlink(missing_ok=True)
+            state = None
+        elif changed:
+            raise ConfigError(f"{last_path} was written with other settings or data: "
                               + ", ".join(changed) + "; rerun with the same settings to "
                               "resume, or use a new output folder")
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -247,7 +271,7 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
 def train_site(cache: str | Path, out_dir: str | Path, cfg: TrainConfig, *, filters: int = 8,
                blocks: tuple[int, ...] = (1, 2, 4), downsample: int = 1,
                init: Init | str = Init.DEFAULT,
-               say: Say | None = None) -> TrainResult:
+               say: Say | None = None, restart_on_change: bool = False) -> TrainResult:
     """Train a model from random initialisation on every usable case of a site's cache (Site 1:
     the model that becomes the signed artifact), validating on the split's validation cases;
     writes ``best.pt``, ``last.pt`` and ``history.json`` in ``out_dir`` and resumes when rerun.

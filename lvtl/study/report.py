@@ -20,7 +20,16 @@ from lvtl.errors import ConfigError
 from lvtl.io.atomic import atomic_path, write_text
 from lvtl.labels import KEYS
 from lvtl.study.protocol import Arm
-from lvtl.study.results import PHASES, STATS, ResultsDoc, Run, SiteResults, Status
+from lvtl.study.results import (
+    PHASES,
+    REASON_TEXT,
+    STATS,
+    Reason,
+    ResultsDoc,
+    Run,
+    SiteResults,
+    Status,
+)
 
 PLATEAU = 0.01  # mean Dice within this of transfer's best counts as the plateau
 
@@ -68,8 +77,10 @@ def summarize(doc: ResultsDoc) -> dict:
                           "transfer_plateau_size": _plateau(curves.get(Arm.TRANSFER, {})),
                           "baseline_mean_dice": base["mean"] if base else None,
                           "best_finetuned_mean_dice": tuned}
-    return {"sites_ok": sorted(ok), "sites_failed": {n: s.reason for n, s in doc.sites.items()
-                                                     if n not in ok},
+    return {"sites_ok": sorted(ok),
+            "sites_failed": {n: s.reason for n, s in doc.sites.items()
+                             if s.status == Status.FAILED},
+            "sites_pending": sorted(n for n, s in doc.sites.items() if s.status == Status.PENDING),
             "per_site": per_site, "pooled_dice_by_size": _pooled(ok)}
 
 
@@ -79,9 +90,13 @@ def _fmt(v, digits=3) -> str:
 
 def render_markdown(doc: ResultsDoc, summary: dict) -> str:
     lines = ["# Cross-site transfer-learning report", ""]
+    if summary["sites_pending"]:
+        lines += ["## Pending sites (no results yet)", ""]
+        lines += [f"- **{n}**" for n in summary["sites_pending"]] + [""]
     if summary["sites_failed"]:
         lines += ["## Failed sites", ""]
-        lines += [f"- **{n}**: {why}" for n, why in summary["sites_failed"].items()] + [""]
+        lines += [f"- **{n}**: {REASON_TEXT[Reason(why)]} (`{why}`)"
+                  for n, why in summary["sites_failed"].items()] + [""]
     for name in summary["sites_ok"]:
         sec, ps = doc.sites[name], summary["per_site"][name]
         owner = (" (the model owner: the model on its own site's data, not a transfer)"

@@ -33,20 +33,80 @@ from lvtl.study.protocol import Arm, Protocol
 SCHEMA = "lvtl.report/1"
 MAX_TEXT = 500  # characters of any text field
 MAX_ITEMS = 64  # items of a list of runs or of a tuple
+MAX_TEST_CASES = 1000  # a hard bound on a site's test split (the paper's: 45)
+MAX_COUNT = 1_000_000  # cases, epochs, sizes: any count a site reports
 
 #: The thickness statistics per phase, and the phases (ED: largest blood pool, ES: smallest).
 STATS = THICKNESS_STATS
 PHASES = ED_ES
 
 
-def per_case() -> Any:
-    """A list with at most one number per test case (the field's metadata says so)."""
-    return field(default_factory=list, metadata={"per_case": True})
+def per_case(lo: float = 0.0, hi: float = 1.0) -> Any:
+    """A list with at most one number per test case, each in ``[lo, hi]``."""
+    return field(default_factory=list, metadata={"per_case": True, "range": (lo, hi)})
+
+
+def bounded(lo: float, hi: float, default: Any = dataclasses.MISSING) -> Any:
+    """A number field whose values must lie in ``[lo, hi]`` (the allow-list checks it)."""
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
+def unit(default: Any = dataclasses.MISSING) -> Any:
+    """A score in [0, 1] (a Dice)."""
+    return bounded(0.0, 1.0, default)
+
+
+def correlation(default: Any = None) -> Any:
+    """A correlation or an end of its interval, in [-1, 1]."""
+    return bounded(-1.0, 1.0, default)
+
+
+def count(hi: int = MAX_COUNT, default: Any = dataclasses.MISSING) -> Any:
+    """A non-negative count of at most ``hi``."""
+    return bounded(0, hi, default)
 
 
 class Status(StrEnum):
     OK = "ok"
     FAILED = "failed"
+    PENDING = "pending"  # in a report written while the job runs: no results yet
+
+
+class Reason(StrEnum):
+    """Why a site has no results, as a fixed code: a reason leaves a site as one of these and
+    nothing else, so no path, case id or traceback can ride along (the detail stays in the
+    site's own log). :data:`REASON_TEXT` says each in words."""
+
+    NONE = ""
+    ARTIFACT_UNTRUSTED_KEY = "artifact_refused:untrusted_key"
+    ARTIFACT_REVOKED_KEY = "artifact_refused:revoked_key"
+    ARTIFACT_TOO_OLD = "artifact_refused:version_too_old"
+    ARTIFACT_INVALID = "artifact_refused:invalid"
+    SITE_CONFIG = "site_config_error"
+    PROTOCOL = "protocol_refused"
+    NO_USABLE_CASES = "no_usable_cases"
+    SITE_ERROR = "site_error"
+    INTERNAL_ERROR = "internal_error"
+    BLOCKED = "blocked_by_privacy_filter"
+    NO_RESULTS = "no_results"
+    INVALID_RESULTS = "invalid_results"
+
+
+REASON_TEXT = {
+    Reason.NONE: "",
+    Reason.ARTIFACT_UNTRUSTED_KEY: "artifact refused: signed by a key the site does not trust",
+    Reason.ARTIFACT_REVOKED_KEY: "artifact refused: signed by a key the site has revoked",
+    Reason.ARTIFACT_TOO_OLD: "artifact refused: older than the site's minimum version",
+    Reason.ARTIFACT_INVALID: "artifact refused: missing, malformed or tampered with",
+    Reason.SITE_CONFIG: "the site's configuration is incomplete or invalid",
+    Reason.PROTOCOL: "the site refused the study protocol",
+    Reason.NO_USABLE_CASES: "too few usable cases for the study (train, validation, test)",
+    Reason.SITE_ERROR: "the study failed at the site",
+    Reason.INTERNAL_ERROR: "an unexpected error at the site",
+    Reason.BLOCKED: "blocked by the site's privacy filter",
+    Reason.NO_RESULTS: "no results: the site's task failed, its process ended or it timed out",
+    Reason.INVALID_RESULTS: "the site's reply was not a valid results section",
+}
 
 
 class Unmeasurable(StrEnum):
@@ -61,11 +121,11 @@ class Unmeasurable(StrEnum):
 class Summary:
     """Summary of per-case scores (:func:`lvtl.measure.metrics.summarize`)."""
 
-    mean: float
-    max: float
-    min: float
-    std: float
-    n: int
+    mean: float = unit()
+    max: float = unit()
+    min: float = unit()
+    std: float = unit()
+    n: int = count(MAX_TEST_CASES)
 
 
 @dataclass
@@ -86,19 +146,26 @@ class DicePerCase:
 class ThicknessR:
     """Pearson r of predicted against true thickness, per statistic (None: not computable)."""
 
-    median: float | None = None
-    p95: float | None = None
-    max: float | None = None
+    median: float | None = correlation()
+    p95: float | None = correlation()
+    max: float | None = correlation()
+
+
+class NoR(StrEnum):
+    """Why a correlation could not be computed."""
+
+    TOO_FEW_CASES = "too_few_cases"  # fewer than 3 pairs
+    CONSTANT = "constant_input"  # every case has the same value
 
 
 @dataclass
 class Interval:
-    """95% interval of an r and its n; ``why`` says why there is no r (too few cases, ...)."""
+    """95% interval of an r and its n; ``why`` says why there is no r."""
 
-    n: int
-    low: float | None = None
-    high: float | None = None
-    why: str | None = None
+    n: int = count(MAX_TEST_CASES)
+    low: float | None = correlation()
+    high: float | None = correlation()
+    why: NoR | None = None
 
 
 @dataclass
@@ -124,8 +191,8 @@ class PhaseCI:
 class UnmeasurableCount:
     """Test cases whose wall could not be measured, counted (no case ids leave the site)."""
 
-    truth: int = 0
-    prediction: int = 0
+    truth: int = count(MAX_TEST_CASES, 0)
+    prediction: int = count(MAX_TEST_CASES, 0)
 
 
 @dataclass
@@ -139,16 +206,16 @@ class Run:
     """One arm at one training size, evaluated on the site's test split."""
 
     arm: Arm
-    train_size: int
-    n_test: int
+    train_size: int = count()
+    n_test: int = count(MAX_TEST_CASES)
     dice: DicePair
     dice_per_case: DicePerCase
     thickness_r: PhaseR
     thickness_r_ci: PhaseCI
     thickness_unmeasurable: PhaseUnmeasurable
-    best_epoch: int | None = None
-    val_dice: float | None = None
-    train_seconds: float | None = None
+    best_epoch: int | None = count(default=None)
+    val_dice: float | None = bounded(-1.0, 1.0, None)  # -loss when there is no validation
+    train_seconds: float | None = bounded(0.0, 1e8, None)
 
     def mean_dice(self) -> float:
         """Mean over the labels of the mean Dice."""
@@ -158,9 +225,9 @@ class Run:
 # --------------------------------------------------------------------------- a site's section
 @dataclass
 class SplitSizes:
-    train: int
-    val: int
-    test: int
+    train: int = count()
+    val: int = count()
+    test: int = count(MAX_TEST_CASES)
 
 
 @dataclass
@@ -175,21 +242,25 @@ class SiteResults:
     """What one site sends back: its status and, when ``ok``, the runs."""
 
     status: Status
-    reason: str = ""
-    n_test: int = 0
+    reason: Reason = Reason.NONE
+    n_test: int = count(MAX_TEST_CASES, 0)
     runs: list[Run] = field(default_factory=list)
     role: SiteRole | None = None
-    n_cases: int | None = None
+    n_cases: int | None = count(default=None)
     split: SplitSizes | None = None
-    excluded: int | None = None
-    preprocess_failed: int | None = None
-    seconds: float | None = None
+    excluded: int | None = count(default=None)
+    preprocess_failed: int | None = count(default=None)
+    seconds: float | None = bounded(0.0, 1e8, None)
     protocol: Protocol | None = None
     artifact: ArtifactInfo | None = None
 
     @classmethod
-    def failed(cls, reason: str) -> SiteResults:
-        return cls(status=Status.FAILED, reason=reason[:MAX_TEXT])
+    def pending(cls) -> SiteResults:
+        return cls(status=Status.PENDING)
+
+    @classmethod
+    def failed(cls, reason: Reason) -> SiteResults:
+        return cls(status=Status.FAILED, reason=Reason(reason))
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -294,4 +365,5 @@ __all__ = ["SCHEMA", "MAX_TEXT", "MAX_ITEMS", "STATS", "PHASES", "Status", "Unme
            "Summary", "DicePair", "DicePerCase", "ThicknessR", "Interval", "ThicknessCI",
            "PhaseR", "PhaseCI", "UnmeasurableCount", "PhaseUnmeasurable", "Run", "SplitSizes",
            "ArtifactInfo", "SiteResults", "ResultsDoc", "to_dict", "from_dict", "hints",
-           "optional", "per_case"]
+           "optional", "per_case", "bounded", "unit", "correlation", "count", "NoR", "Reason",
+           "REASON_TEXT", "MAX_TEST_CASES", "MAX_COUNT"]

@@ -44,6 +44,7 @@ from lvtl.study.results import (
     DicePair,
     DicePerCase,
     Interval,
+    NoR,
     PhaseCI,
     PhaseR,
     PhaseUnmeasurable,
@@ -120,8 +121,9 @@ def summarize_run(arm: Arm | str, size: int, evals: list[CaseEval], **extra) -> 
             y = [p["truth"][s] for p in pairs]
             try:
                 pr = pearson(x, y)
-            except ValueError as e:  # fewer than 3 cases, or a constant column
-                rs[s], cis[s] = None, Interval(n=len(pairs), why=str(e))
+            except ValueError:  # fewer than 3 cases, or a constant column
+                why = NoR.TOO_FEW_CASES if len(pairs) < 3 else NoR.CONSTANT
+                rs[s], cis[s] = None, Interval(n=len(pairs), why=why)
                 continue
             rs[s] = pr["r"]
             cis[s] = Interval(n=pr["n"], low=pr["ci_low"], high=pr["ci_high"])
@@ -191,7 +193,7 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
                               bf16=protocol.bf16, progress=progress)
             res = train(model, [by_id[i] for i in ids], val, cfg, out / "runs" / f"{arm}-{size}",
                         transfer=arm is Arm.TRANSFER, meta={"provenance": {"site": site}},
-                        say=lambda m: say(f"[{site}] {m}"))
+                        say=lambda m: say(f"[{site}] {m}"), restart_on_change=True)
             load_checkpoint_weights(model, res.best_path)
             evaluate(model, arm, size, best_epoch=res.best_epoch, val_dice=res.best_val_dice,
                      train_seconds=round(res.seconds, 2))

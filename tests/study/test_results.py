@@ -80,8 +80,30 @@ def test_the_allow_list_follows_the_types_field_by_field():
     sec["runs"][0]["arm"] = "exfiltrate"
     assert any("arm: not one of baseline, random, transfer" in p for p in check_section(sec))
     sec = section()
-    sec["reason"] = "x" * (results.MAX_TEXT + 1)
-    assert any("results.reason: expected text" in p for p in check_section(sec))
+    sec["reason"] = "failed: /data/site-2/MRN00177312/label.npy"  # a reason is a fixed code
+    assert any("results.reason: not one of" in p for p in check_section(sec))
+    sec = section()
+    sec["artifact"] = {"name": "x" * (results.MAX_TEXT + 1), "version": "1", "key_id": "k"}
+    assert any("results.artifact.name: expected text" in p for p in check_section(sec))
+    sec = section()
+    sec["runs"][0]["dice_per_case"]["lvm"] = [0.5, 2.0, 0.5]  # not a Dice
+    assert any("outside [0.0, 1.0]" in p for p in check_section(sec))
+    sec = section()
+    sec["runs"][0]["thickness_r"]["ED"]["median"] = 7.5  # not a correlation
+    assert any("thickness_r.ED.median: 7.5 outside" in p for p in check_section(sec))
+    sec = section()
+    sec["protocol"]["epochs"] = 0  # type-correct, but not a protocol the study could run
+    assert any("not a valid protocol" in p for p in check_section(sec))
+
+
+def test_a_section_cannot_claim_room_for_more_numbers():
+    """Per-case lists are bounded by the test count, which is bounded and must agree."""
+    sec = section(n_test=3)
+    sec["n_test"] = 262_144
+    assert check_section(sec) == ["results.n_test: more than 1000 test cases"]
+    sec = section(n_test=3)
+    sec["n_test"] = 900  # room for 900 per-case values, but the runs were on 3 cases
+    assert any("runs[0].n_test: differs" in p for p in check_section(sec))
 
 
 def test_the_report_marks_the_model_owners_home_evaluation(tmp_path):

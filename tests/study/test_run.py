@@ -158,3 +158,31 @@ def test_cli_trains_signs_and_studies_with_the_signed_model(tmp_path, site1_mode
     r = CliRunner().invoke(app, [*args, "--trust", str(pub), "--out", str(tmp_path / "s2")])
     assert isinstance(r.exception, ArtifactError) and "SHA-256 differs" in str(r.exception)
     assert r.exception.exit_code == 7 and not (tmp_path / "s2").exists()
+
+
+def test_a_rerun_with_changed_cases_starts_over_instead_of_resuming(site1_model, tmp_path):
+    """A site fixed a bad case and reran: the split changed, so a run trained on the old split
+    (whose training case may now be a test case) must not be resumed and reported."""
+    ckpt = torch.load(site1_model, weights_only=True)
+    protocol = Protocol(arms=("transfer",), sizes=(2,), epochs=1, samples_per_epoch=1,
+                        crop=CROP)
+    cases = [site2_case(i) for i in range(6)]
+    run_study(cases, ckpt["state_dict"], ckpt["config"], protocol, tmp_path, say=lambda m: None)
+    said = []
+    run_study(cases + [site2_case(6)], ckpt["state_dict"], ckpt["config"], protocol, tmp_path,
+              say=said.append)
+    assert any("changed since the last run; starting over" in s for s in said)
+    assert not any("resumed" in s for s in said)
+    said.clear()  # the same cases again: this time it resumes
+    run_study(cases + [site2_case(6)], ckpt["state_dict"], ckpt["config"], protocol, tmp_path,
+              say=said.append)
+    assert any("resumed" in s for s in said)
+
+
+def test_lvtl_train_refuses_to_resume_on_other_data(tmp_path):
+    cases = [make_case(f"s1-{i}", i, labelled=(0, 1, 2, 3)) for i in range(4)]
+    cfg = TrainConfig(epochs=1, samples_per_epoch=1, crop=CROP)
+    model = LVNet4d(init_filters=4, blocks_down=(1, 1), groups=4)
+    train(model, cases[:2], cases[3:], cfg, tmp_path)
+    with pytest.raises(ConfigError, match="other settings or data: data"):
+        train(model, cases[:3], cases[3:], cfg, tmp_path)

@@ -1,0 +1,413 @@
+"""The startup kits provisioned from sites/project.yml, and what they enforce.
+
+Fast: the kit files (privacy scope without a default, authorization, class allow-list, log
+streaming off), read back through NVFlare's own parsers. Slow: the kits end to end on this
+machine (server, site-1 and site-2 each from its own kit and workspace, mutual TLS on
+localhost, the coordinator submitting with the admin kit through the FLARE API): the study job
+runs; a job with custom code, a job without the privacy scope and a result with an unknown
+field are refused by the sites.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lvtl.flare.provision import (
+    CLASS_PREFIX,
+    DENIED,
+    PRIVACY_SCOPE,
+    ROLES,
+    authorization_policy,
+    privacy_policy,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = REPO / "sites" / "project.yml"
+NVFLARE = Path(sys.executable).with_name("nvflare")
+SITES = ("site-1", "site-2")
+ADMIN = "coordinator@example.org"
+
+
+def provision(project: Path, workspace: Path) -> Path:
+    """``nvflare provision``; the kits' folder (``prod_00``)."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([str(NVFLARE), "provision", "-p", str(project), "-w", str(workspace)],
+                         capture_output=True, text=True, timeout=300, cwd=workspace)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return next(workspace.rglob("prod_00"))
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("provision")
+    return provision(PROJECT, ws)
+
+
+def test_project_yml_provisions_a_kit_per_participant(kits):
+    assert sorted(p.name for p in kits.iterdir()) == [
+        "coordinator@example.org", "lvtl-server.example.org", "site-1", "site-2"]
+    for site in SITES:
+        startup = kits / site / "startup"
+        assert (startup / "start.sh").is_file() and (startup / "client.key").is_file()
+
+
+def test_each_site_kit_accepts_only_the_lvtl_privacy_scope(kits):
+    from nvflare.apis.workspace import Workspace
+    from nvflare.private.fed.app.fl_conf import create_privacy_manager
+
+    for site in SITES:
+        privacy = json.loads((kits / site / "local" / "privacy.json").read_text())
+        assert privacy == privacy_policy()
+        assert [s["name"] for s in privacy["scopes"]] == [PRIVACY_SCOPE]
+        assert "default_scope" not in privacy  # a job without a scope is refused
+        assert [f["path"] for f in privacy["scopes"][0]["task_result_filters"]] == [
+            "lvtl.flare.filters.MetricsOnlyFilter"]
+        # as the site's NVFlare reads it: the scope's filter is built, no default scope
+        manager = create_privacy_manager(Workspace(str(kits / site), site), names_only=False,
+                                         is_server=False)
+        assert manager.is_policy_defined()
+        assert manager.get_scope("") is None and manager.get_scope("other") is None
+        scope = manager.get_scope(PRIVACY_SCOPE)
+        assert [type(f).__name__ for f in scope.task_result_filters["out"]] == [
+            "MetricsOnlyFilter"]
+    assert not (kits / "lvtl-server.example.org" / "local" / "privacy.json").exists()
+
+
+def test_no_role_brings_code_runs_shell_commands_or_operates(kits):
+    from nvflare.fuel.sec.authz import AuthzContext, Person
+    from nvflare.security.security import FLAuthorizer
+
+    for kit in ("lvtl-server.example.org", *SITES):
+        policy = json.loads((kits / kit / "local" / "authorization.json").read_text())
+        assert policy == authorization_policy()
+        assert set(policy["permissions"]) == set(ROLES)
+        org = "coordinator" if kit.startswith("lvtl-server") else f"hospital_{kit[-1]}"
+        authz = FLAuthorizer(org, policy)
+
+        def allowed(role, right, authz=authz, org=org):
+            user = Person(ADMIN, org, role)
+            return authz.authorize(AuthzContext(right=right, user=user, submitter=user))[0]
+
+        for role in ROLES:
+            for right in ("byoc", "shell_commands", "operate", "ls", "cat", "grep", "tail",
+                          "report_env", "sys_info", "shutdown", "restart"):
+                assert not allowed(role, right), (kit, role, right)
+            for right in DENIED:
+                assert policy["permissions"][role][right] == "none"
+        for right in ("submit_job", "abort_job", "download_job", "list_jobs", "check_status"):
+            assert allowed("project_admin", right), (kit, right)
+        for role in ("org_admin", "lead", "member"):
+            assert not allowed(role, "submit_job") and not allowed(role, "download_job")
+
+
+def test_class_allow_list_and_log_streaming(kits):
+    assert yaml.safe_load(PROJECT.read_text())["allow_log_streaming"] is False  # top level
+    server = json.loads((kits / "lvtl-server.example.org" / "local" /
+                         "resources.json.default").read_text())
+    assert CLASS_PREFIX in server["class_allow_list"]
+    assert server["class_list_enforcement_mode"] == "enforce"
+    for site in SITES:
+        res = json.loads((kits / site / "local" / "resources.json.default").read_text())
+        assert res["class_allow_list"] == [CLASS_PREFIX]  # a job runs only lvtl's classes
+        assert res["class_list_enforcement_mode"] == "enforce"
+        assert res["allow_log_streaming"] is False
+        assert "site_log_streamer" not in {c["id"] for c in res["components"]}
+
+
+def test_the_simulator_workspace_admits_lvtl_classes_and_keeps_its_settings(tmp_path):
+    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
+
+    from lvtl.flare.provision import allow_in_simulator
+
+    path = allow_in_simulator(tmp_path / "ws")
+    res = json.loads(path.read_text())
+    assert path == tmp_path / "ws" / "local" / "resources.json"
+    assert res["class_allow_list"] == [CLASS_PREFIX, *DEFAULT_CLASS_ALLOW_LIST]
+    path.write_text(json.dumps({"format_version": 2, "class_allow_list": ["x.y."], "k": 1}))
+    allow_in_simulator(tmp_path / "ws")
+    assert json.loads(path.read_text()) == {"format_version": 2, "k": 1,
+                                            "class_allow_list": [CLASS_PREFIX, "x.y."]}
+
+
+# --- the kits end to end ------------------------------------------------------------------
+
+PROBE = '''"""A test executor that sends its results section, plus an image at site-2."""
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.executor import Executor
+
+from lvtl.study.results import SiteResults, Status
+from lvtl.study.run import CaseEval, summarize_run
+
+
+class LeakyExecutor(Executor):
+    def execute(self, task_name, shareable, fl_ctx, abort_signal):
+        evals = [CaseEval("c0", {"blood_pool": 0.8, "lvm": 0.7})]
+        section = SiteResults(status=Status.OK, n_test=1,
+                              runs=[summarize_run("transfer", 1, evals)]).to_dict()
+        data = {"site": section}
+        if fl_ctx.get_identity_name() == "site-2":
+            data["image"] = [[0, 1], [2, 3]]
+        return DXO(DataKind.WEIGHTS, data=data).to_shareable()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_project(tmp: Path) -> Path:
+    """sites/project.yml with the server on localhost at a free port (builders unchanged)."""
+    conf = yaml.safe_load(PROJECT.read_text())
+    server = next(p for p in conf["participants"] if p["type"] == "server")
+    server["name"] = "localhost"  # binds the loopback interface only
+    server["fed_learn_port"] = _free_port()
+    path = tmp / "project.yml"
+    path.write_text(yaml.safe_dump(conf, sort_keys=False))
+    return path
+
+
+def _federation(root: Path) -> None:
+    """Two sites' tiny synthetic data and configs, the owner's key and a signed tiny model."""
+    from lvtl.artifact import keygen, sign
+    from lvtl.model.checkpoint import model_checkpoint
+    from lvtl.model.network import LVNet4d
+    from lvtl.model.train import TrainConfig, init_weights
+    from lvtl.synth.profiles import draw_case
+    from lvtl.synth.site import write_case
+
+    for site in SITES:
+        for i in range(3):
+            write_case(draw_case(site, i, seed=0), root / "data" / site)
+    model = LVNet4d(init_filters=4, blocks_down=(1, 1), groups=4)
+    init_weights(model, "default", 0)
+    torch.save(model_checkpoint(model, TrainConfig(crop=(2, 24, 32, 32)), {}), root / "m.pt")
+    keygen(root / "owner-keys")
+    sign(root / "m.pt", root / "owner-keys" / "signing_key.pem", root / "artifact",
+         name="lv4d", version="1.0.0")
+    for site in SITES:
+        d = root / "sites" / site
+        (d / "trusted").mkdir(parents=True)
+        for pub in (root / "owner-keys").glob("*.pub.pem"):
+            shutil.copy(pub, d / "trusted")
+        (d / "site.toml").write_text(
+            f'[site]\nname = "{site}"\n[data]\nroot = "{root}/data/{site}"\n'
+            f'cache = "{root}/cache/{site}"\n[trust]\nkeys = "trusted"\n'
+            'min_version = "1.0.0"\n')
+
+
+def _jobs(root: Path, artifact: Path) -> dict[str, Path]:
+    """The study job, and three variants the sites must refuse."""
+    from lvtl.flare.job import JobSettings, recipe
+    from lvtl.study.protocol import Protocol
+
+    protocol = Protocol.from_dict({"arms": ["baseline", "transfer"], "sizes": [1], "epochs": 1,
+                                   "samples_per_epoch": 1, "crop": [2, 24, 32, 32],
+                                   "downsample": 2})
+    recipe(protocol, JobSettings(artifact=artifact, timeout=600)).export(str(root / "study"))
+    study = root / "study" / "lvtl_study"
+    jobs = {"study": study}
+
+    # code in the job: the sites' app carries a custom/ folder (the server's does not)
+    custom = root / "custom" / "lvtl_study"
+    shutil.copytree(study, custom)
+    shutil.copytree(custom / "app", custom / "app_site")
+    (custom / "app" / "config" / "config_fed_client.json").unlink()
+    (custom / "app_site" / "custom").mkdir()
+    (custom / "app_site" / "custom" / "helper.py").write_text("X = 1\n")
+    meta = json.loads((custom / "meta.json").read_text())
+    meta["deploy_map"] = {"app": ["server"], "app_site": list(SITES)}
+    (custom / "meta.json").write_text(json.dumps(meta))
+    jobs["custom"] = custom
+
+    # no privacy scope in the job's meta
+    noscope = root / "noscope" / "lvtl_study"
+    shutil.copytree(study, noscope)
+    meta = json.loads((noscope / "meta.json").read_text())
+    del meta["scope"]
+    (noscope / "meta.json").write_text(json.dumps(meta))
+    jobs["noscope"] = noscope
+
+    # a site executor that adds a field (site-2) and no filter of the job's own
+    leaky = root / "leaky" / "lvtl_study"
+    shutil.copytree(study, leaky)
+    cfg_path = leaky / "app" / "config" / "config_fed_client.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["executors"][0]["executor"] = {"path": "lvtl_kit_probe.LeakyExecutor", "args": {}}
+    cfg["task_result_filters"] = []
+    cfg_path.write_text(json.dumps(cfg))
+    jobs["leaky"] = leaky
+    return jobs
+
+
+def _processes_under(path: Path) -> list[int]:
+    """Processes whose command line names ``path`` (the ones this test started)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def _stop(procs: list[subprocess.Popen], root: Path) -> None:
+    """End every process this test started: their process groups, then any job process left
+    under the test's folder."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.time() + 20
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    for pid in _processes_under(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _wait_job(sess, job_id: str, timeout: float) -> dict:
+    return sess.wait_for_job(job_id, timeout=timeout, poll_interval=1.0)
+
+
+def _report(sess, job_id: str, dest: Path) -> dict:
+    result = sess.download_job_result(job_id, destination=str(dest))
+    return json.loads(next(Path(result).rglob("report.json")).read_text())
+
+
+@pytest.mark.slow
+def test_provisioned_kits_run_the_study_and_refuse_what_they_must(tmp_path):
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    t0 = time.time()
+    root = tmp_path
+    _federation(root / "fed")
+    prod = provision(_local_project(root), root / "prov")
+    server_kit = prod / "localhost"
+    admin_kit = prod / ADMIN
+    # the probe executor is test code the sites allow explicitly (a site's own resources)
+    probe = root / "probe"
+    probe.mkdir()
+    (probe / "lvtl_kit_probe.py").write_text(PROBE)
+    for site in SITES:
+        path = prod / site / "local" / "resources.json.default"
+        res = json.loads(path.read_text())
+        res["class_allow_list"].append("lvtl_kit_probe.")
+        path.write_text(json.dumps(res, indent=2))
+
+    venv_bin = str(Path(sys.executable).parent)
+    base = {**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "OMP_NUM_THREADS": "1"}
+    site_env = {**base, "LVTL_SITES_DIR": str(root / "fed" / "sites"),
+                "LVTL_WORK_DIR": str(root / "work"), "PYTHONPATH": str(probe)}
+    procs: list[subprocess.Popen] = []
+    sess = None
+    try:
+        for kit, env in ((server_kit, base), *((prod / s, site_env) for s in SITES)):
+            log = open(root / f"{kit.name}.out", "w")  # noqa: SIM115 - closed with the process
+            procs.append(subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"),
+                                           "--once"], cwd=kit, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.time() + 120
+        while sess is None:
+            try:
+                sess = new_secure_session(ADMIN, str(admin_kit), timeout=5)
+            except Exception:  # noqa: BLE001 - the server is still starting
+                assert time.time() < deadline, "the server never accepted the admin"
+                assert all(p.poll() is None for p in procs), "a participant exited"
+        while {c.name for c in sess.get_system_info().client_info} != set(SITES):
+            assert time.time() < deadline, "the sites never connected"
+            time.sleep(1)
+
+        # the kits deny shell commands and operating a site, even to the project admin
+        for call in (lambda: sess.ls_target("site-1"), lambda: sess.get_client_env(["site-1"])):
+            with pytest.raises(Exception, match="(?i)not authorized|authoriz"):
+                call()
+
+        jobs = _jobs(root / "jobs", root / "fed" / "artifact")
+        server_log = server_kit / "log.txt"
+
+        statuses = {}
+        job_id = sess.submit_job(str(jobs["custom"]))
+        meta = _wait_job(sess, job_id, 120)
+        statuses["custom"] = meta["status"]
+        assert meta["status"] != "FINISHED:COMPLETED", meta
+        log = server_log.read_text()
+        for site in SITES:
+            assert f"{site}: NVFLARE_ERROR: BYOC not permitted" in log, meta
+
+        job_id = sess.submit_job(str(jobs["noscope"]))
+        meta = _wait_job(sess, job_id, 120)
+        statuses["noscope"] = meta["status"]
+        assert meta["status"] != "FINISHED:COMPLETED", meta
+        log = server_log.read_text()
+        for site in SITES:
+            assert f"{site}: NVFLARE_ERROR: privacy scope '' is not allowed" in log, meta
+
+        job_id = sess.submit_job(str(jobs["leaky"]))
+        meta = _wait_job(sess, job_id, 300)
+        assert meta["status"] == "FINISHED:COMPLETED", meta
+        report = _report(sess, job_id, root / "results" / "leaky")
+        assert report["sites"]["site-1"]["status"] == "ok"  # honest metrics pass
+        assert report["sites"]["site-2"]["status"] == "failed"
+        assert report["sites"]["site-2"]["reason"] == "blocked_by_privacy_filter"
+        assert "image" not in json.dumps(report)
+        # the detail stays in the site's own log of the job
+        assert "blocked an outgoing result" in (prod / "site-2" / job_id / "log.txt").read_text()
+
+        job_id = sess.submit_job(str(jobs["study"]))
+        meta = _wait_job(sess, job_id, 900)
+        assert meta["status"] == "FINISHED:COMPLETED", meta
+        report = _report(sess, job_id, root / "results" / "study")
+        for site in SITES:
+            sec = report["sites"][site]
+            assert sec["status"] == "ok", sec
+            assert [r["arm"] for r in sec["runs"]] == ["baseline", "transfer"]
+            assert sec["artifact"]["version"] == "1.0.0"
+        print(f"kits end to end: {time.time() - t0:.0f} s; refused jobs: {statuses}")
+    finally:
+        if sess is not None:
+            sess.close()
+        _stop(procs, root)
+    assert not _processes_under(root), "processes of the test still running"
+
+
+def test_site_check_reads_the_kit_and_finds_a_loosened_one(kits, tmp_path):
+    """``lvtl site check --kit``: the provisioned kit passes; a kit whose privacy scope got a
+    default, whose authorization lets the coordinator bring code, and whose log streaming was
+    turned on gets one problem line each."""
+    from lvtl.flare.provision import check_site_kit
+
+    assert all(ok for ok, _ in check_site_kit(kits / "site-1")), check_site_kit(kits / "site-1")
+    loose = tmp_path / "site-1"
+    shutil.copytree(kits / "site-1", loose)
+    privacy = json.loads((loose / "local" / "privacy.json").read_text())
+    (loose / "local" / "privacy.json").write_text(json.dumps({**privacy,
+                                                              "default_scope": "lvtl_metrics"}))
+    authz = json.loads((loose / "local" / "authorization.json").read_text())
+    authz["permissions"]["project_admin"]["byoc"] = "any"
+    (loose / "local" / "authorization.json").write_text(json.dumps(authz))
+    for name in ("resources.json.default", "resources.json"):
+        if (loose / "local" / name).is_file():
+            res = json.loads((loose / "local" / name).read_text())
+            (loose / "local" / name).write_text(json.dumps({**res, "allow_log_streaming": True}))
+    bad = [what for ok, what in check_site_kit(loose) if not ok]
+    assert len(bad) == 3, bad
+    assert "default" in bad[0] and "project_admin:byoc" in bad[1] and "streaming: on" in bad[2]
