@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from lvtl.study.results import ResultsDoc, Status
 from lvtl.synth.site import generate_site
 
 SITES = ("site-1", "site-2")
+#: A site's own progress line in its NVFlare log: the message starts with ``[site-N]``.
+SITE_LINE = re.compile(r" - (\[site-[^\]]+\] .*?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -184,10 +187,10 @@ def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, say: Say) 
         for f in sorted(ws.glob("*/site-*/log.txt")):
             with open(f, errors="replace") as fh:
                 fh.seek(seen.get(f, 0))
-                for line in fh:
-                    at = line.find(" - INFO - [site-")
-                    if at >= 0:
-                        say("  " + line[at + 10:].rstrip())
+                for line in fh:  # "... - INFO - [identity=site-2, ...] - [site-2] message"
+                    found = SITE_LINE.search(line)
+                    if found and " - INFO - " in line:
+                        say("  " + found.group(1))
                 seen[f] = fh.tell()
 
     proc = multiprocessing.get_context("spawn").Process(

@@ -16,47 +16,27 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from tinycase import (
+    DIRECTION,
+    GEOMETRY,
+    N_PHASES,
+    N_PIX,
+    N_SLICES,
+    label_map,
+    write_case,
+)
 
 from lvtl.data.preprocess import PreprocessConfig, load_labels, preprocess_site
 from lvtl.errors import DicomError, LabelError, SeriesProblems
 from lvtl.io.dicom import scan_series
-from lvtl.io.dicom_write import SeriesInfo, new_uid, write_phase
 from lvtl.io.geometry import Geometry
 from lvtl.io.nifti import write_volume
 
-N_PHASES, N_SLICES, N_PIX = 3, 5, 16
 # HFS axial: z -> +S, y -> +P, x -> +L (rows of the direction matrix)
-DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-GEOMETRY = Geometry.make((N_SLICES, N_PIX, N_PIX), (2.0, 1.0, 1.0), (-8.0, -20.5, 100.0),
-                         DIRECTION)
 ORIGIN_Z = GEOMETRY.origin[2]
 
 
 # --------------------------------------------------------------------------- helpers
-def _label_map() -> np.ndarray:
-    """A 0/1/2 map on GEOMETRY: a blood-pool disc inside a myocardium ring in every slice."""
-    yy, xx = np.mgrid[:N_PIX, :N_PIX]
-    r = np.hypot(yy - 7.5, xx - 7.5)
-    sl = np.zeros((N_PIX, N_PIX), np.uint8)
-    sl[r < 6] = 2
-    sl[r < 3.5] = 1
-    return np.repeat(sl[None], N_SLICES, axis=0)
-
-
-def write_case(case: Path, seed: int = 0) -> Path:
-    """A tiny valid case: ``case/dicom`` (3 phases x 5 slices x 16x16) and two label files."""
-    rng = np.random.default_rng(seed)
-    info = SeriesInfo(patient_id=f"P{seed}", patient_name=f"Test^{case.name}",
-                      study_uid=new_uid(f"{case}/study"), series_uid=new_uid(f"{case}/series"),
-                      frame_of_reference_uid=new_uid(f"{case}/for"), n_phases=N_PHASES)
-    for t in range(N_PHASES):
-        hu = rng.integers(-1000, 1000, GEOMETRY.shape).astype(np.float32)
-        write_phase(case / "dicom", hu, GEOMETRY, t, info, first_instance=1 + t * N_SLICES)
-    for t in (0, 1):
-        write_volume(case / "labels" / f"phase_{t:02d}.nii.gz", _label_map(), GEOMETRY)
-    return case
-
-
 def slice_file(case: Path, phase: int, k: int) -> Path:
     """The file of slice ``k`` (0 = lowest) of ``phase``, as named by write_phase."""
     return case / "dicom" / f"IM{1 + phase * N_SLICES + k:05d}.dcm"
@@ -216,12 +196,12 @@ def test_label_geometry_mismatch(case, how):
     if how == "shifted origin":
         g = Geometry.make(GEOMETRY.shape, GEOMETRY.spacing,
                           np.add(GEOMETRY.origin, (0.0, 0.0, 4.0)), DIRECTION)
-        arr = _label_map()
+        arr = label_map()
         word = "origin"
     else:
         g = Geometry.make((N_SLICES - 1, N_PIX, N_PIX), GEOMETRY.spacing, GEOMETRY.origin,
                           DIRECTION)
-        arr = _label_map()[:-1]
+        arr = label_map()[:-1]
         word = "shape"
     write_volume(case / "labels" / "phase_01.nii.gz", arr, g)
     msg = _labels_error(case)
@@ -230,7 +210,7 @@ def test_label_geometry_mismatch(case, how):
 
 
 def test_unexpected_label_values(case):
-    arr = _label_map()
+    arr = label_map()
     arr[2, 0, 0] = 7
     write_volume(case / "labels" / "phase_00.nii.gz", arr, GEOMETRY)
     msg = _labels_error(case)
@@ -243,7 +223,7 @@ def test_unexpected_label_values(case):
     ("blood pool only", "no myocardium"),
 ])
 def test_empty_label_at_a_labelled_phase(case, content, missing):
-    arr = _label_map()
+    arr = label_map()
     arr = np.zeros_like(arr) if content == "all zero" else np.where(arr == 2, 0, arr)
     write_volume(case / "labels" / "phase_01.nii.gz", arr.astype(np.uint8), GEOMETRY)
     msg = _labels_error(case)
@@ -287,7 +267,7 @@ def test_cli_inspect_bad_case(case):
 
 
 def test_cli_inspect_bad_label(case):
-    arr = _label_map()
+    arr = label_map()
     arr[0, 0, 0] = 7
     write_volume(case / "labels" / "phase_01.nii.gz", arr, GEOMETRY)
     r = _lvtl("inspect", case)

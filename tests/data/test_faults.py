@@ -26,6 +26,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from tinycase import (
+    DIRECTION,
+    GEOMETRY,
+    N_PHASES,
+    N_PIX,
+    write_case,
+)
 
 from lvtl.data.cache import cache_problem, cached, load_cached, load_site_cases
 from lvtl.data.preprocess import (
@@ -39,42 +46,13 @@ from lvtl.data.preprocess import (
 )
 from lvtl.errors import LabelError, PreprocessError
 from lvtl.io.dicom import scan_series
-from lvtl.io.dicom_write import SeriesInfo, new_uid, write_phase
 from lvtl.io.geometry import Geometry
-from lvtl.io.nifti import MAX_VOXELS, read_geometry, read_volume, write_volume
+from lvtl.io.nifti import MAX_VOXELS, read_geometry, read_volume
 
-N_PHASES, N_SLICES, N_PIX = 3, 5, 16
-DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # HFS axial
-GEOMETRY = Geometry.make((N_SLICES, N_PIX, N_PIX), (2.0, 1.0, 1.0), (-8.0, -20.5, 100.0),
-                         DIRECTION)
 BOMB_XYZ = (1400, 1400, 1400)  # 2.7 GB of uint8 claimed by a header
 
 
 # --------------------------------------------------------------------------- helpers
-def _label_map() -> np.ndarray:
-    yy, xx = np.mgrid[:N_PIX, :N_PIX]
-    r = np.hypot(yy - 7.5, xx - 7.5)
-    sl = np.zeros((N_PIX, N_PIX), np.uint8)
-    sl[r < 6] = 2
-    sl[r < 3.5] = 1
-    return np.repeat(sl[None], N_SLICES, axis=0)
-
-
-def write_case(case: Path, seed: int = 0, geometry: Geometry = GEOMETRY,
-               labelled=(0, 1)) -> Path:
-    """A tiny valid case: ``case/dicom`` (3 phases x 5 slices x 16x16) and label files."""
-    rng = np.random.default_rng(seed)
-    info = SeriesInfo(patient_id=f"P{seed}", patient_name=f"Test^{case.name}",
-                      study_uid=new_uid(f"{case}/study"), series_uid=new_uid(f"{case}/series"),
-                      frame_of_reference_uid=new_uid(f"{case}/for"), n_phases=N_PHASES)
-    for t in range(N_PHASES):
-        hu = rng.integers(-1000, 1000, geometry.shape).astype(np.float32)
-        write_phase(case / "dicom", hu, geometry, t, info, first_instance=1 + t * N_SLICES)
-    for t in labelled:
-        write_volume(case / "labels" / f"phase_{t:02d}.nii.gz", _label_map(), geometry)
-    return case
-
-
 def write_header_only_nifti(path: Path, shape_xyz: tuple[int, ...],
                             geometry: Geometry = GEOMETRY) -> Path:
     """A ``.nii.gz`` whose header claims ``shape_xyz`` (uint8) but that holds 1 KiB of data:

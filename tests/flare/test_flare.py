@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-import torch
+from federation import write_federation
 from procs import kill_all_under, simulator_pid
 
 from lvtl.flare.privacy import check_section
@@ -96,42 +95,12 @@ def test_result_filter_sends_only_the_section_not_meta_metrics_or_extra_keys():
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    """Three sites' private folders and configs, keys, and a signed tiny model."""
-    from lvtl.artifact import keygen, sign
-    from lvtl.model.checkpoint import model_checkpoint
-    from lvtl.model.network import LVNet4d
-    from lvtl.model.train import TrainConfig, init_weights
-    from lvtl.synth.profiles import draw_case
-    from lvtl.synth.site import write_case
-
+    """Three sites' private folders (two with data, case folders named like medical record
+    numbers) and configs, keys, a signed tiny model, and what must never reach the server."""
     root = tmp_path_factory.mktemp("federation")
-    secrets = []  # what must never reach the server: record numbers, identifiers, paths
-    for s, site in enumerate(("site-1", "site-2")):
-        secrets.append(str(root / "data" / site))
-        for i in range(3):
-            case = write_case(draw_case(site, i, seed=0), root / "drawn" / site)
-            mrn = root / "data" / site / f"MRN{31_770_000 + 1000 * s + i:08d}"
-            mrn.parent.mkdir(parents=True, exist_ok=True)
-            case.rename(mrn)  # case folders named like medical record numbers
-            ds = pydicom.dcmread(next((mrn / "dicom").iterdir()), stop_before_pixels=True)
-            secrets += [mrn.name, str(ds.PatientID), str(ds.PatientName),
-                        str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]
+    secrets = write_federation(root, ("site-1", "site-2"), ("site-1", "site-2", "site-3"),
+                               case_name=lambda s, i: f"MRN{31_770_000 + 1000 * s + i:08d}")
     (root / "secrets.json").write_text(json.dumps(secrets))
-    model = LVNet4d(init_filters=4, blocks_down=(1, 1), groups=4)
-    init_weights(model, "default", 0)
-    torch.save(model_checkpoint(model, TrainConfig(crop=(2, 24, 32, 32)), {}), root / "m.pt")
-    keygen(root / "owner-keys")
-    sign(root / "m.pt", root / "owner-keys" / "signing_key.pem", root / "artifact",
-         name="lv4d", version="1.0.0")
-    for site in ("site-1", "site-2", "site-3"):
-        d = root / "sites" / site
-        (d / "trusted").mkdir(parents=True)
-        for pub in (root / "owner-keys").glob("*.pub.pem"):
-            shutil.copy(pub, d / "trusted")
-        (d / "site.toml").write_text(
-            f'[site]\nname = "{site}"\n[data]\nroot = "{root}/data/{site}"\n'
-            f'cache = "{root}/cache/{site}"\n[trust]\nkeys = "trusted"\n'
-            'min_version = "1.0.0"\n')
     return root
 
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from federation import write_federation
 
 from lvtl.flare.provision import (
     CLASS_PREFIX,
@@ -178,35 +178,6 @@ def _local_project(tmp: Path) -> Path:
     return path
 
 
-def _federation(root: Path) -> None:
-    """Two sites' tiny synthetic data and configs, the owner's key and a signed tiny model."""
-    from lvtl.artifact import keygen, sign
-    from lvtl.model.checkpoint import model_checkpoint
-    from lvtl.model.network import LVNet4d
-    from lvtl.model.train import TrainConfig, init_weights
-    from lvtl.synth.profiles import draw_case
-    from lvtl.synth.site import write_case
-
-    for site in SITES:
-        for i in range(3):
-            write_case(draw_case(site, i, seed=0), root / "data" / site)
-    model = LVNet4d(init_filters=4, blocks_down=(1, 1), groups=4)
-    init_weights(model, "default", 0)
-    torch.save(model_checkpoint(model, TrainConfig(crop=(2, 24, 32, 32)), {}), root / "m.pt")
-    keygen(root / "owner-keys")
-    sign(root / "m.pt", root / "owner-keys" / "signing_key.pem", root / "artifact",
-         name="lv4d", version="1.0.0")
-    for site in SITES:
-        d = root / "sites" / site
-        (d / "trusted").mkdir(parents=True)
-        for pub in (root / "owner-keys").glob("*.pub.pem"):
-            shutil.copy(pub, d / "trusted")
-        (d / "site.toml").write_text(
-            f'[site]\nname = "{site}"\n[data]\nroot = "{root}/data/{site}"\n'
-            f'cache = "{root}/cache/{site}"\n[trust]\nkeys = "trusted"\n'
-            'min_version = "1.0.0"\n')
-
-
 def _jobs(root: Path, artifact: Path) -> dict[str, Path]:
     """The study job, and three variants the sites must refuse."""
     from lvtl.flare.job import JobSettings, recipe
@@ -298,7 +269,7 @@ def test_provisioned_kits_run_the_study_and_refuse_what_they_must(tmp_path):
 
     t0 = time.time()
     root = tmp_path
-    _federation(root / "fed")
+    write_federation(root / "fed", SITES)
     prod = provision(_local_project(root), root / "prov")
     server_kit = prod / "localhost"
     admin_kit = prod / ADMIN
