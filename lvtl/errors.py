@@ -89,6 +89,13 @@ class SeriesProblems(DicomError):
         super().__init__(f"{source}: " + "; ".join(self.problems))
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (at most 120 characters), or its class
+    name when it has none: for the one-line errors lvtl prints about a file."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:120]
+
+
 def choose(kind: type[E], value: str | E, what: str,
            error: type[LvtlError] = ConfigError) -> E:
     """``value`` as a member of the Enum ``kind``, or a :class:`ConfigError` naming ``what``,

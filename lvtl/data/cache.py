@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lvtl.errors import ConfigError, LvtlError, PreprocessError
+from lvtl.errors import ConfigError, LvtlError, PreprocessError, first_line
 from lvtl.io.geometry import Geometry
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,13 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | str:
     except FileNotFoundError:
         return f"{path.name} missing"
     except (OSError, ValueError) as e:  # numpy raises ValueError on a damaged header
-        return f"{path.name}: unreadable .npy header ({_first_line(e)})"
+        return f"{path.name}: unreadable .npy header ({first_line(e)})"
     if fortran:
         return f"{path.name}: Fortran order"
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size < need:
         return f"{path.name} truncated ({size} of {need} bytes)"
     return tuple(int(n) for n in shape), dtype
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:120]
 
 
 def cache_problem(cache_dir: Path, key: str | None = None) -> str | None:
@@ -95,7 +90,7 @@ def cache_problem(cache_dir: Path, key: str | None = None) -> str | None:
     except FileNotFoundError:
         return "meta.json missing"
     except (OSError, ValueError) as e:
-        return f"meta.json unreadable ({_first_line(e)})"
+        return f"meta.json unreadable ({first_line(e)})"
     if not isinstance(m, dict) or m.get("schema") != CACHE_SCHEMA:
         found = m.get("schema") if isinstance(m, dict) else None
         return f"cache schema {found!r}, expected {CACHE_SCHEMA!r}"
@@ -126,7 +121,7 @@ def cache_problem(cache_dir: Path, key: str | None = None) -> str | None:
         try:
             labelled = np.load(cache_dir / "labelled.npy", allow_pickle=False)
         except (OSError, ValueError) as e:
-            return f"labelled.npy unreadable ({_first_line(e)})"
+            return f"labelled.npy unreadable ({first_line(e)})"
         if np.flatnonzero(labelled).tolist() != list(m["labelled_phases"]):
             return "labelled.npy disagrees with meta.json's labelled phases"
     if key is not None and m.get("key") != key:
@@ -208,7 +203,7 @@ def load_site_cases(cache_root: str | Path, factor: int = 1):
             try:
                 c = load_cached(d)
             except (LvtlError, OSError, ValueError, KeyError) as e:  # changed since the check
-                problem = _first_line(e)
+                problem = first_line(e)
         if c is None:
             skipped[d.name] = f"damaged cache: {problem}"
             log.warning("%s: damaged cache (%s); excluded, run lvtl preprocess again",

@@ -24,7 +24,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from lvtl.errors import DicomError, SeriesProblems
+from lvtl.errors import DicomError, SeriesProblems, first_line
 from lvtl.io.geometry import Geometry
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def scan_series(folder: str | Path) -> SeriesIndex:
         try:
             ds = _read_header(path)
         except Exception as e:
-            problems.append(f"{path.name}: truncated or unreadable DICOM ({_short(e)})")
+            problems.append(f"{path.name}: truncated or unreadable DICOM ({first_line(e)})")
             continue
         if ds is None:
             skipped.append(path.name)
@@ -212,11 +212,6 @@ def scan_series(folder: str | Path) -> SeriesIndex:
     if problems or index is None:
         raise SeriesProblems(str(folder), problems)
     return index
-
-
-def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:120]
 
 
 _STRUCT = {"US": "<H", "UL": "<I", "SS": "<h", "SL": "<i", "FL": "<f", "FD": "<d"}
@@ -280,7 +275,7 @@ def _check_header(path: Path, ds: Dataset, problems: list[str]) -> SliceHeader |
         if isinstance(key, list):
             raise ValueError("multi-valued phase attribute")
     except (ValueError, TypeError, struct.error, UnicodeDecodeError) as e:
-        problems.append(f"{name}: malformed header value ({_short(e)})")
+        problems.append(f"{name}: malformed header value ({first_line(e)})")
         return None
     if pos.shape != (3,) or ori.shape != (6,) or ps.shape != (2,) or min(ps) <= 0:
         problems.append(f"{name}: malformed geometry attributes")

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lvtl.errors import LabelError
+from lvtl.errors import LabelError, first_line
 from lvtl.io.atomic import atomic_path
 from lvtl.io.geometry import Geometry
 
@@ -46,7 +46,7 @@ def _open(path: Path, phase: int | None
         img = nib.load(path)
         shape = tuple(int(n) for n in img.shape)
     except Exception as e:  # nibabel raises several types on truncated or foreign files
-        raise LabelError(f"{path}: cannot read NIfTI ({_first_line(e)})") from e
+        raise LabelError(f"{path}: cannot read NIfTI ({first_line(e)})") from e
     if len(shape) not in (3, 4):
         raise LabelError(f"{path}: expected a 3D volume, got shape {list(shape)}")
     if len(shape) == 4 and phase is None and shape[3] == 1:
@@ -65,11 +65,6 @@ def _open(path: Path, phase: int | None
     if min(xyz) < 1:
         raise LabelError(f"{path}: header shape {list(xyz[::-1])} (z, y, x) has an empty axis")
     return img, xyz, index
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:120]
 
 
 def _geometry(path: Path, img: nib.Nifti1Image, xyz: tuple[int, int, int]) -> Geometry:
@@ -109,7 +104,7 @@ def read_volume(path: str | Path, dtype=None, phase: int | None = None, *,
     try:
         data = np.asanyarray(img.dataobj if index is None else img.dataobj[..., index])
     except Exception as e:  # nibabel raises several types on truncated or foreign files
-        raise LabelError(f"{path}: cannot read NIfTI ({_first_line(e)})") from e
+        raise LabelError(f"{path}: cannot read NIfTI ({first_line(e)})") from e
     if data.shape != xyz:
         raise LabelError(f"{path}: read shape {list(data.shape)}, header says {list(xyz)}")
     arr = np.ascontiguousarray(data.transpose(2, 1, 0))
