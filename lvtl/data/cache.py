@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lvtl.errors import ConfigError, LvtlError, PreprocessError, first_line
+from lvtl.errors import ConfigError, PreprocessError, first_line
 from lvtl.io.geometry import Geometry
 
 log = logging.getLogger(__name__)
@@ -150,19 +150,30 @@ class CachedCase:
 def load_cached(cache_dir: str | Path) -> CachedCase:
     """Open a case cache written by :func:`preprocess_case`."""
     cache_dir = Path(cache_dir)
+    opened = _open(cache_dir)
+    if isinstance(opened, str):
+        raise PreprocessError(f"{cache_dir}: not a complete lvtl cache ({opened}); run "
+                              "lvtl preprocess again")
+    return opened
+
+
+def _open(cache_dir: Path) -> CachedCase | str:
+    """The case in ``cache_dir``, checked once (:func:`cache_problem`), or what is wrong."""
     problem = cache_problem(cache_dir)
     if problem is not None:
-        raise PreprocessError(f"{cache_dir}: not a complete lvtl cache ({problem}); run "
-                              "lvtl preprocess again")
-    meta = json.loads((cache_dir / "meta.json").read_text())
-    return CachedCase(
-        case_id=meta["case_id"],
-        image=np.load(cache_dir / "image.npy", mmap_mode="r"),
-        label=np.load(cache_dir / "label.npy", mmap_mode="r"),
-        labelled=np.load(cache_dir / "labelled.npy"),
-        geometry=Geometry.from_dict(meta["geometry"]),
-        meta=meta,
-    )
+        return problem
+    try:
+        meta = json.loads((cache_dir / "meta.json").read_text())
+        return CachedCase(
+            case_id=meta["case_id"],
+            image=np.load(cache_dir / "image.npy", mmap_mode="r"),
+            label=np.load(cache_dir / "label.npy", mmap_mode="r"),
+            labelled=np.load(cache_dir / "labelled.npy"),
+            geometry=Geometry.from_dict(meta["geometry"]),
+            meta=meta,
+        )
+    except (OSError, ValueError, KeyError) as e:  # changed since the check
+        return first_line(e)
 
 
 def downsample(case, factor: int):
@@ -197,17 +208,11 @@ def load_site_cases(cache_root: str | Path, factor: int = 1):
                 continue
         except OSError:
             pass  # an unreadable entry: cache_problem says what is wrong
-        problem = cache_problem(d)
-        c = None
-        if problem is None:
-            try:
-                c = load_cached(d)
-            except (LvtlError, OSError, ValueError, KeyError) as e:  # changed since the check
-                problem = first_line(e)
-        if c is None:
-            skipped[d.name] = f"damaged cache: {problem}"
+        c = _open(d)
+        if isinstance(c, str):
+            skipped[d.name] = f"damaged cache: {c}"
             log.warning("%s: damaged cache (%s); excluded, run lvtl preprocess again",
-                        d.name, problem)
+                        d.name, c)
             continue
         if not bool(np.asarray(c.labelled).any()):
             skipped[c.case_id] = "no labelled phase"

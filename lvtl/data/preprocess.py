@@ -235,11 +235,12 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
     case_id = case_dir.name
     final = out_root / case_id
     key = _fingerprint(case_dir, config)
-    problem = cache_problem(final, key) if final.exists() else "none"
-    if not force and problem is None:
+    exists = final.exists()
+    problem = cache_problem(final, key) if exists else None
+    if exists and problem is None and not force:
         meta = json.loads((final / "meta.json").read_text())
         return CaseResult(case_id, "cached", cache=str(final), labelled=meta["labelled_phases"])
-    if problem not in (None, "none", OTHER_KEY):
+    if problem not in (None, OTHER_KEY):  # damaged, not merely made from other inputs
         log.warning("%s: damaged cache (%s); rebuilding it", case_id, problem)
     index = scan_series(case_dir / "dicom")
     # Sizes from the headers before any pixel data is read: one phase of the series and of
