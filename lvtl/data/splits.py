@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 PAPER_SPLIT = {"test": 45, "val": 20, "train": 30}
 PAPER_SIZES = (5, 10, 15, 20, 25, 30)
+MIN_CASES = 3  # one per part: training, validation, test
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ def split_cases(case_ids: Sequence[str], seed: int = 0) -> Split:
     if len(ids) != len(case_ids):
         raise ConfigError("case ids must be unique")
     n = len(ids)
-    if n < 3:
-        raise ConfigError(f"need at least 3 cases to split into train, val and test, got {n}")
+    if n < MIN_CASES:
+        raise ConfigError(f"need at least {MIN_CASES} cases to split into train, val and test, "
+                          f"got {n}")
     total = sum(PAPER_SPLIT.values())
     n_test = max(1, round(n * PAPER_SPLIT["test"] / total))
     n_val = max(1, round(n * PAPER_SPLIT["val"] / total))

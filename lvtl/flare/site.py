@@ -21,14 +21,8 @@ from lvtl.artifact import ARTIFACT_FILES, MANIFEST, TrustStore, load_model_sourc
 from lvtl.config import load_site_config
 from lvtl.data.cache import load_site_cases
 from lvtl.data.preprocess import preprocess_site
-from lvtl.errors import (
-    ArtifactError,
-    ConfigError,
-    LvtlError,
-    OldVersionError,
-    RevokedKeyError,
-    UntrustedKeyError,
-)
+from lvtl.data.splits import MIN_CASES
+from lvtl.errors import ArtifactError, ConfigError, LvtlError
 from lvtl.flare.privacy import check_section
 from lvtl.parallel import Say
 from lvtl.study.protocol import Protocol
@@ -55,14 +49,6 @@ def pack_artifact(folder: str | Path) -> dict[str, bytes]:
     return {f: (folder / f).read_bytes() for f in ARTIFACT_FILES}
 
 
-#: The results code of each kind of artifact refusal.
-ARTIFACT_REASONS = {
-    UntrustedKeyError.why: Reason.ARTIFACT_UNTRUSTED_KEY,
-    RevokedKeyError.why: Reason.ARTIFACT_REVOKED_KEY,
-    OldVersionError.why: Reason.ARTIFACT_TOO_OLD,
-    ArtifactError.why: Reason.ARTIFACT_INVALID,
-}
-MIN_CASES = 3  # a study needs a training, a validation and a test case
 
 
 def run_task(site: str, params: dict, say: Say = log.info) -> dict:
@@ -115,7 +101,7 @@ def run_task(site: str, params: dict, say: Say = log.info) -> dict:
             section, role=cfg.role, preprocess_failed=len(bad),
             artifact=ArtifactInfo(**{k: manifest[k] for k in ("name", "version", "key_id")}))
     except ArtifactError as e:
-        reason = ARTIFACT_REASONS.get(e.why, Reason.ARTIFACT_INVALID)
+        reason = Reason(f"artifact_refused:{e.why}")  # each refusal's code names its kind
         say(f"[{site}] artifact refused ({reason}): {e}")
         return failed(reason)
     except LvtlError as e:

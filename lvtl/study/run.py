@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lvtl.data.cache import CachedCase
-from lvtl.data.splits import ed_es, nested_subsets, split_cases
+from lvtl.data.splits import MIN_CASES, ed_es, nested_subsets, split_cases
 from lvtl.errors import ConfigError, ThicknessError
 from lvtl.io.atomic import write_text
 from lvtl.labels import KEYS
@@ -154,9 +154,9 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if len(cases) < 3:
-        raise ConfigError(f"{site}: {len(cases)} usable case(s); the study needs at least 3 "
-                          "(train, validation, test)")
+    if len(cases) < MIN_CASES:
+        raise ConfigError(f"{site}: {len(cases)} usable case(s); the study needs at least "
+                          f"{MIN_CASES} (train, validation, test)")
     by_id = {c.case_id: c for c in cases}
     split = split_cases(sorted(by_id), seed=protocol.split_seed)
     subsets = nested_subsets(split.train, protocol.sizes, seed=protocol.split_seed)

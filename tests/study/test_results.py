@@ -113,3 +113,13 @@ def test_the_report_marks_the_model_owners_home_evaluation(tmp_path):
                  tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "## site-1 (the model owner" in md and "## site-2\n" in md
+
+
+def test_every_kind_of_artifact_refusal_has_its_reason_code():
+    """A site reports an artifact refusal as ``artifact_refused:<the error's why>``."""
+    from lvtl import errors
+
+    kinds = [errors.ArtifactError, *errors.ArtifactError.__subclasses__()]
+    assert len(kinds) == 4
+    codes = {results.Reason(f"artifact_refused:{k.why}") for k in kinds}
+    assert len(codes) == 4
