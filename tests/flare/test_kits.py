@@ -316,21 +316,15 @@ def test_provisioned_kits_run_the_study_and_refuse_what_they_must(tmp_path):
         server_log = server_kit / "log.txt"
 
         statuses = {}
-        job_id = sess.submit_job(str(jobs["custom"]))
-        meta = _wait_job(sess, job_id, 120)
-        statuses["custom"] = meta["status"]
-        assert meta["status"] != "FINISHED:COMPLETED", meta
-        log = server_log.read_text()
-        for site in SITES:
-            assert f"{site}: NVFLARE_ERROR: BYOC not permitted" in log, meta
-
-        job_id = sess.submit_job(str(jobs["noscope"]))
-        meta = _wait_job(sess, job_id, 120)
-        statuses["noscope"] = meta["status"]
-        assert meta["status"] != "FINISHED:COMPLETED", meta
-        log = server_log.read_text()
-        for site in SITES:
-            assert f"{site}: NVFLARE_ERROR: privacy scope '' is not allowed" in log, meta
+        for kind, refusal in (("custom", "BYOC not permitted"),
+                              ("noscope", "privacy scope '' is not allowed")):
+            job_id = sess.submit_job(str(jobs[kind]))
+            meta = _wait_job(sess, job_id, 120)
+            statuses[kind] = meta["status"]
+            assert meta["status"] != "FINISHED:COMPLETED", meta
+            log = server_log.read_text()
+            for site in SITES:
+                assert f"{site}: NVFLARE_ERROR: {refusal}" in log, meta
 
         job_id = sess.submit_job(str(jobs["leaky"]))
         meta = _wait_job(sess, job_id, 300)
