@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
@@ -20,8 +22,11 @@ TASK = "lvtl_study"
 #: Seconds the server waits for a site's results (a week: a paper-scale study at a site runs
 #: for days on a GPU); 0 waits without limit.
 DEFAULT_TIMEOUT = 7 * 24 * 3600
-#: Seconds a site may stay disconnected (no heartbeat) before it is taken as dead.
+#: A running site task tells the server it is alive this often (seconds) ...
+ALIVE_EVERY = 10.0
+#: ... and a site silent for this long is taken as dead.
 DEAD_AFTER = 120.0
+ALIVE_TOPIC = "lvtl.alive"
 
 
 class StudyController(ModelController):
@@ -29,9 +34,10 @@ class StudyController(ModelController):
     to ``timeout`` seconds (0: no limit) for each site's results, and keeps ``report.json``,
     ``report.md`` and plots in the server's run folder up to date: written at the start (every
     site pending) and again as each site's results arrive, so a server crash loses nothing
-    received. A site disconnected for ``dead_after`` seconds is taken as dead. A site that
-    fails, refuses the model, dies or does not answer in time is in the report with its
-    reason code."""
+    received. A site whose task has not said it is alive (it does every ``ALIVE_EVERY`` s) for
+    ``dead_after`` seconds is taken as dead. A site that fails, refuses
+    the model, dies or does not answer in time is in the report with its reason code; a dead
+    site's results that still arrive while others run replace the verdict."""
 
     def __init__(self, artifact: str = "artifact", protocol: dict | None = None,
                  timeout: int = DEFAULT_TIMEOUT, task_name: str = TASK,
@@ -79,26 +85,33 @@ class StudyController(ModelController):
         write()  # every site pending
         # one task per site: a site that dies or times out ends only its own task, so the
         # others' results are never dropped with it
+        seen = {name: time.monotonic() for name in clients}  # last sign of life
+
+        def alive(topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
+            name = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() \
+                else None
+            if name in seen:
+                seen[name] = time.monotonic()
+            return Shareable()
+
+        self.engine.register_aux_message_handler(ALIVE_TOPIC, alive)
         self.info(f"sending the study to {', '.join(clients)}")
         for name in clients:
             task = FLModel(params={"artifact": files, "protocol": self.protocol},
                            current_round=0, total_rounds=1)
             self.send_model(task_name=self.task_name, data=task, targets=[name],
                             timeout=self.timeout, callback=collect)
-        gone: dict[str, float] = {}  # site -> when it was first seen disconnected
         while self.get_num_standing_tasks() > 0 and not self.abort_signal.triggered:
             time.sleep(1.0)
-            connected = {c.name for c in self.engine.get_clients()}
             now = time.monotonic()
             for name, sec in sites.items():
-                if sec.status == Status.PENDING and name not in connected:
-                    if now - gone.setdefault(name, now) > self.dead_after:
-                        self.error(f"{name} has been disconnected for {self.dead_after:.0f} s: "
-                                   "taken as dead")
-                        sites[name] = SiteResults.failed(Reason.NO_RESULTS)
-                        write()
-                else:
-                    gone.pop(name, None)
+                # silent: its process died, it lost the network, or it never took the task
+                # (refused the job at deployment, was not started)
+                if sec.status == Status.PENDING and now - seen[name] > self.dead_after:
+                    self.error(f"{name} has not been heard from for {self.dead_after:.0f} s: "
+                               "taken as lost")
+                    sites[name] = SiteResults.failed(Reason.SITE_LOST)
+                    write()
             if all(sec.status != Status.PENDING for sec in sites.values()):
                 self.cancel_all_tasks()
                 break

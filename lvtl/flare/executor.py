@@ -8,6 +8,7 @@ allow-list admits (``lvtl.flare.provision``). The work is :func:`lvtl.flare.site
 from __future__ import annotations
 
 import os
+import threading
 
 from nvflare.apis.app_validation import AppValidationKey
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
@@ -18,7 +19,7 @@ from nvflare.apis.fl_exception import UnsafeJobError
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 
-from lvtl.flare.controller import TASK
+from lvtl.flare.controller import ALIVE_EVERY, ALIVE_TOPIC, TASK
 from lvtl.flare.site import run_task
 
 
@@ -63,6 +64,23 @@ class StudyExecutor(Executor):
         except ValueError:
             params = None
         site = fl_ctx.get_identity_name()
-        section = run_task(site, params if isinstance(params, dict) else {},
-                           say=lambda m: self.log_info(fl_ctx, m))
+        done = threading.Event()
+        alive = threading.Thread(target=self._keep_alive, args=(fl_ctx, done), daemon=True,
+                                 name="lvtl-alive")
+        alive.start()
+        try:
+            section = run_task(site, params if isinstance(params, dict) else {},
+                               say=lambda m: self.log_info(fl_ctx, m))
+        finally:
+            done.set()
         return DXO(DataKind.WEIGHTS, data={"site": section}).to_shareable()
+
+    def _keep_alive(self, fl_ctx: FLContext, done: threading.Event) -> None:
+        """Tell the server every ``ALIVE_EVERY`` seconds that the task is still running (an
+        empty message: the topic is all it says), so a site whose process died is found in
+        minutes, not after the task's timeout."""
+        engine = fl_ctx.get_engine()
+        while not done.wait(ALIVE_EVERY):
+            with engine.new_context() as ctx:
+                engine.send_aux_request(targets=None, topic=ALIVE_TOPIC, request=Shareable(),
+                                        timeout=0, fl_ctx=ctx, optional=True)

@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
                         type=None if o.kind is str else o.kind)
     ap.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
                     help="seconds the server waits for each site's results (default: a week; "
-                         "0: no limit); a site disconnected for two minutes is taken as dead")
+                         "0: no limit); a site not heard from for two minutes is taken as lost")
     ap.add_argument("--report-dir", default="lvtl-report",
                     help="where the server's report is copied when the job ends")
     ap.add_argument("--export", action="store_true", help="write the job folder and stop")

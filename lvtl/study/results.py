@@ -89,6 +89,7 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     BLOCKED = "blocked_by_privacy_filter"
     NO_RESULTS = "no_results"
+    SITE_LOST = "site_lost"
     INVALID_RESULTS = "invalid_results"
 
 
@@ -105,6 +106,8 @@ REASON_TEXT = {
     Reason.INTERNAL_ERROR: "an unexpected error at the site",
     Reason.BLOCKED: "blocked by the site's privacy filter",
     Reason.NO_RESULTS: "no results: the site's task failed, its process ended or it timed out",
+    Reason.SITE_LOST: ("site lost: not heard from for minutes (its process ended, its network "
+                       "went down, or it refused or never started the job)"),
     Reason.INVALID_RESULTS: "the site's reply was not a valid results section",
 }
 
