@@ -27,12 +27,25 @@ def phantom(
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same cases.")] = 0,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Rewrite cases that exist.")] = False,
+    layout: Annotated[str | None, typer.Option(help="How the phases are split into series: "
+                                                    "one-series, series-per-phase, enhanced "
+                                                    "or enhanced-per-phase (default: the "
+                                                    "site's).")] = None,
+    transfer_syntax: Annotated[str | None, typer.Option(help="DICOM encoding: explicit, "
+                                                             "jpeg-lossless, jpeg-ls, "
+                                                             "j2k-lossless, rle or deflate "
+                                                             "(default: the site's).")] = None,
+    export: Annotated[bool | None, typer.Option(
+        "--export/--no-export", help="Write each dicom/ as a CD/PACS export: DICOMDIR, "
+                                     "localizer, dose report and screen, a second "
+                                     "reconstruction (default: the site's).")] = None,
 ) -> None:
     """Write a synthetic site: 4D cardiac CT series (DICOM) with labels and ground truth."""
     from lvtl.synth.site import generate_site
 
     results = generate_site(site, cases, out, size=size, seed=seed, workers=workers,
-                            overwrite=overwrite, progress=sys.stderr.isatty())
+                            overwrite=overwrite, progress=sys.stderr.isatty(), layout=layout,
+                            transfer_syntax=transfer_syntax, export=export)
     failed = [(c, e) for c, e in results if e]
     for case_id, reason in failed:
         err(f"{case_id}: {reason}")
@@ -44,40 +57,68 @@ def phantom(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A case folder (with dicom/ and labels/) or a "
-                                              "folder of DICOM files.")],
+    path: Annotated[Path, typer.Argument(help="A case folder (with dicom/ and labels/) or any "
+                                              "DICOM export folder (PACS, CD, any depth).")],
+    series: Annotated[str | None, typer.Option(
+        help="Which 4D series: a series UID, its number in the list, or a description "
+             "pattern such as '*B26f*' (default: the case's series.txt, else most phases, "
+             "then thinnest slices, then most slices).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Name every skipped file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Check a 4D CT series (and its labels): phases, shape, spacing, orientation, HU range."""
+    """Check a 4D CT export (and its labels): the candidate series, what was skipped, and the
+    chosen series' phases, shape, spacing, orientation, HU range and encoding."""
     from lvtl.data.inspect import inspect_case
 
-    report = inspect_case(path)
+    report = inspect_case(path, series=series, verbose=verbose)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
+        _print_inspect(report)
         for p in report["problems"]:
             err(p)
-        if "phases" in report:
-            _print_inspect(report)
     if report["problems"]:
         raise typer.Exit(3)
 
 
 def _print_inspect(r: dict) -> None:
-    o = r["orientation"]
-    lines = [
-        f"{r['path']}: CT series, {r['files']} files ({r['manufacturer']} {r['model']})",
-        f"  phases       {r['phases']} (by {r['phase_attribute']})",
-        f"  shape        {r['shape']} (t, z, y, x)",
-        f"  spacing      {r['spacing']} mm (z, y, x)",
-        f"  orientation  {o['axes']} (row {o['row']}, column {o['column']})",
-        f"  HU range     {r['hu_range'][0]:g} to {r['hu_range'][1]:g}",
-    ]
-    if "labelled_phases" in r:
-        lines.append(f"  labels       phases {', '.join(map(str, r['labelled_phases']))}")
-    if r["skipped"]:
-        lines.append(f"  skipped      {len(r['skipped'])} non-DICOM files")
-    typer.echo("\n".join(lines))
+    lines = []
+    chosen = r.get("chosen")
+    if r.get("candidates"):
+        lines.append(f"{r['path']}: {len(r['candidates'])} candidate 4D series "
+                     "(most phases, then thinnest slices, then most slices)")
+        lines.append("     #  phases  slices  pixel mm      thick mm  kernel    layout"
+                     "                 description / series UID")
+        for c in r["candidates"]:
+            mark = "*" if c["number"] == chosen else " "
+            px = "x".join(f"{v:g}" for v in c["pixel_spacing"])
+            thick = "?" if c["slice_thickness"] is None else f"{c['slice_thickness']:g}"
+            lossy = "  LOSSY" if c["lossy"] else ""
+            lines.append(f"  {mark} {c['number']:>2}  {c['phases']:>6}  {c['slices']:>6}  "
+                         f"{px:<12}  {thick:>8}  {c['kernel'][:8]:<8}  {c['layout']:<21}  "
+                         f"{c['description'] or '-'} / {c['series_uid']}{lossy}")
+    if r.get("skipped"):
+        lines.append("  skipped      " + ", ".join(f"{n} {k}" for k, n in r["skipped"].items()))
+        for kind, names in r.get("skipped_files", {}).items():
+            lines += [f"    {kind}: {n}" for n in names]
+    if "phases" in r:
+        o = r["orientation"]
+        lines += [
+            f"  chosen       #{chosen}: {r['files']} files ({r['manufacturer']} {r['model']}), "
+            f"{r['layout']}",
+            f"  phases       {r['phases']} (by {r['phase_attribute']})",
+            f"  shape        {r['shape']} (t, z, y, x)",
+            f"  spacing      {r['spacing']} mm (z, y, x)",
+            f"  orientation  {o['axes']} (row {o['row']}, column {o['column']})",
+            f"  HU range     {r['hu_range'][0]:g} to {r['hu_range'][1]:g}",
+            f"  encoding     {', '.join(r['transfer_syntax'])}"
+            + ("  (LOSSY compression: HU values are approximate)" if r["lossy"] else ""),
+        ]
+        if "labelled_phases" in r:
+            lines.append(f"  labels       phases {', '.join(map(str, r['labelled_phases']))}")
+    if lines:
+        typer.echo("\n".join(lines))
 
 
 @app.command()
@@ -93,6 +134,9 @@ def preprocess(
                                                            "5; 0 = no repair).")] = None,
     repair_mode: Annotated[RepairMode | None, typer.Option(help="2d (per slice) or 3d.")] = None,
     label_interp: Annotated[LabelInterp | None, typer.Option(help="onehot or nearest.")] = None,
+    series: Annotated[str | None, typer.Option(
+        help="Which 4D series of each case's export (see `lvtl inspect`): a series UID, a "
+             "number, or a description pattern; a case's own series.txt wins.")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 1,
     force: Annotated[bool, typer.Option(help="Redo cases that are cached.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -114,7 +158,8 @@ def preprocess(
         raise ConfigError("give the data folder and --out, or a --config that names them")
     overrides = {k: v for k, v in {
         "spacing_mm": spacing, "repair_radius": repair_radius,
-        "repair_mode": repair_mode, "label_interp": label_interp}.items() if v is not None}
+        "repair_mode": repair_mode, "label_interp": label_interp,
+        "series": series}.items() if v is not None}
     cfg = replace(cfg, **overrides)
     results = preprocess_site(data, out, cfg, workers=workers, force=force,
                               progress=sys.stderr.isatty())

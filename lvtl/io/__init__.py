@@ -5,7 +5,7 @@ from lvtl._exports import lazy
 __getattr__, __dir__, __all__ = lazy(__name__, {
     "geometry": "Geometry",
     "dicom": "load_series scan_series SeriesIndex",
-    "dicom_write": "SeriesInfo write_phase new_uid",
+    "dicom_write": "SeriesInfo write_phase write_study new_uid Layout TransferSyntax",
     "nifti": "read_volume write_volume",
     "seg": "write_seg",
     "atomic": "atomic_path write_text write_bytes copy_file replace_dir",

@@ -24,7 +24,23 @@ def write_seg(path: str | Path, labels: np.ndarray, index: SeriesIndex, phase: i
     if labels.shape != index.geometry.shape:
         raise ValueError(f"labels {labels.shape} are not on the series' grid "
                          f"{index.geometry.shape}")
-    sources = [pydicom.dcmread(sl.path, stop_before_pixels=False) for sl in index.phases[phase]]
+    slices = index.phases[phase]
+    # the source objects' headers (highdicom needs no pixels): one per file, so an Enhanced
+    # CT object holding the phase (or every phase) is referenced once
+    sources = [pydicom.dcmread(p, stop_before_pixels=True)
+               for p in dict.fromkeys(sl.path for sl in slices)]
+    planes = {}
+    if any(sl.coding.frames > 1 for sl in slices):
+        # frames of a multi-frame source are not one-to-one with the phase's slices: say
+        # where each segmentation frame lies
+        patient = hd.CoordinateSystemNames.PATIENT
+        planes = dict(
+            plane_positions=[hd.PlanePositionSequence(patient, sl.position) for sl in slices],
+            plane_orientation=hd.PlaneOrientationSequence(patient, slices[0].orientation),
+            pixel_measures=hd.PixelMeasuresSequence(
+                pixel_spacing=slices[0].pixel_spacing,
+                slice_thickness=slices[0].slice_thickness or index.geometry.spacing[0],
+                spacing_between_slices=index.geometry.spacing[0]))
     tissue = CodedConcept("85756007", "SCT", "Tissue")
     algo = hd.AlgorithmIdentificationSequence(
         name="lvtl LVNet4d", version=algorithm_version,
@@ -43,7 +59,7 @@ def write_seg(path: str | Path, labels: np.ndarray, index: SeriesIndex, phase: i
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="lvtl",
         manufacturer_model_name="LVNet4d", software_versions=algorithm_version,
         device_serial_number="0", series_description=f"lvtl LV segmentation, phase {phase}",
-        omit_empty_frames=True)
+        omit_empty_frames=True, **planes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

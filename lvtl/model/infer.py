@@ -156,7 +156,7 @@ def segment_case(model: torch.nn.Module, case_dir: str | Path, out_dir: str | Pa
             labels, done = predict_labels(model, np.asarray(cached.image), crop, device, phases)
         paths = write_prediction(out / "nifti", labels, done, cached.geometry)
         if dicom_seg:
-            index = scan_series(case_dir / "dicom")
+            index = scan_series(case_dir / "dicom", cached.meta.get("series_uid"))
             for i, p in enumerate(done):
                 on_source = resample_labels(labels[i], cached.geometry, index.geometry,
                                             LabelInterp.NEAREST)

@@ -1,9 +1,10 @@
 """Site profiles and the parameters of one synthetic case, drawn from a seed.
 
 A :class:`SiteProfile` says how one hospital differs from another: scanner (vendor, kernel,
-kVp, patient position, grid per :class:`Size`), contrast protocol (blood, myocardium and
-right-ventricle HU ranges), image quality (noise in HU, blur in mm) and labelling protocol
-(every other phase or ED and ES only). :func:`draw_case` draws everything that defines case
+kVp, patient position, grid per :class:`Size`), how its DICOM comes out (layout, transfer
+syntax, CD/PACS export), contrast protocol (blood, myocardium and right-ventricle HU ranges),
+image quality (noise in HU, blur in mm) and labelling protocol (every other phase or ED and ES
+only). :func:`draw_case` draws everything that defines case
 ``index`` of a site (grid, LV pose and shape at end-diastole in LPS mm, motion, appearance)
 into a frozen :class:`CaseParams`; the same ``(site, index, seed, size)`` always gives the same
 parameters. The modules above this one turn the parameters into anatomy, images and labels.
@@ -62,6 +63,12 @@ class SiteProfile:
     slice_blur_mm: float  # Gaussian sigma of the slice sensitivity profile
     rescale_intercept: float
     sizes: dict[str, Acquisition] = field(default_factory=dict)
+    # How the site's DICOM comes out: values of lvtl.io.dicom_write's Layout and
+    # TransferSyntax (text here, so the CLI's start-up need not import pydicom), and whether
+    # each case is a CD/PACS export (DICOMDIR, localizer, dose report, second reconstruction).
+    layout: str = "one-series"
+    transfer_syntax: str = "explicit"
+    export: bool = False
 
 
 SITES: dict[str, SiteProfile] = {

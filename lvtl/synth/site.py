@@ -1,11 +1,13 @@
 """Writing synthetic cases and sites to disk.
 
-A case folder ``<out>/<case_id>/`` holds ``dicom/`` (the 4D series: every phase, one file per
-slice, as :mod:`lvtl.io.dicom_write` writes it), ``labels/`` (the annotator's labels of the
-labelled phases, NIfTI, named by :func:`~lvtl.labels.label_file_name`) and ``truth/`` (the
-clean labels of those phases, the analytic wall thickness at ED and ES in mm, and
-``case.json`` with the parameters, the ED/ES phases and the blood-pool and myocardium volumes
-in mL). A site is ``n`` such folders, cases ``0..n-1`` of one seed, written in parallel.
+A case folder ``<out>/<case_id>/`` holds ``dicom/`` (the 4D study: every phase, in the layout
+and transfer syntax of the site's profile or the caller's, optionally as a CD/PACS export with
+a DICOMDIR, as :func:`lvtl.io.dicom_write.write_study` writes it), ``labels/`` (the
+annotator's labels of the labelled phases, NIfTI, named by
+:func:`~lvtl.labels.label_file_name`) and ``truth/`` (the clean labels of those phases, the
+analytic wall thickness at ED and ES in mm, and ``case.json`` with the parameters, the ED/ES
+phases and the blood-pool and myocardium volumes in mL). A site is ``n`` such folders, cases
+``0..n-1`` of one seed, written in parallel.
 """
 
 from __future__ import annotations
@@ -24,17 +26,28 @@ from lvtl.io.nifti import write_volume
 from lvtl.labels import BLOOD_POOL, MYOCARDIUM, label_file_name
 from lvtl.parallel import map_cases
 from lvtl.synth.case import Case
-from lvtl.synth.profiles import N_PHASES, CaseParams, Size, draw_case, get_site
+from lvtl.synth.profiles import N_PHASES, CaseParams, SiteProfile, Size, draw_case, get_site
 
 log = logging.getLogger(__name__)
 
 
-def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write one case folder: ``dicom/`` (the 4D series), ``labels/`` (flood-fill style masks
+def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False,
+               layout: dcm.Layout | str | None = None,
+               transfer_syntax: dcm.TransferSyntax | str | None = None,
+               export: bool | None = None) -> Path:
+    """Write one case folder: ``dicom/`` (the 4D study), ``labels/`` (flood-fill style masks
     of the labelled phases) and ``truth/`` (clean labels, analytic thickness, parameters).
 
     The folder appears atomically (built under a temporary name, then renamed); an existing
     complete case is kept unless ``overwrite``.
+
+    Args:
+        params: the case (:func:`~lvtl.synth.profiles.draw_case`).
+        out: the folder to write the case folder into.
+        overwrite: rewrite a case that exists.
+        layout: how the phases are split into series (default: the site profile's).
+        transfer_syntax: the DICOM encoding (default: the site profile's).
+        export: write ``dicom/`` as a CD/PACS export (default: the site profile's).
     """
     out = Path(out)
     final = out / params.case_id
@@ -45,6 +58,7 @@ def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False) 
         shutil.rmtree(tmp)
     case = Case(params)
     prof, g = case.profile, case.geometry
+    layout, transfer_syntax, export = dicom_options(prof, layout, transfer_syntax, export)
     info = dcm.SeriesInfo(
         patient_id=params.case_id.upper(),
         patient_name=f"PHANTOM^{params.case_id.replace('-', '')}",
@@ -61,10 +75,8 @@ def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False) 
         heart_rate=params.heart_rate,
         n_phases=N_PHASES,
     )
-    instance = 1
-    for t, hu in case.phases_hu():
-        dcm.write_phase(tmp / "dicom", hu, g, t, info, first_instance=instance)
-        instance += hu.shape[0]
+    dcm.write_study(tmp / "dicom", case.phases_hu(), g, info, layout=layout,
+                    transfer_syntax=transfer_syntax, export=export)
     volumes = {}
     for t in case.labelled_phases:
         truth, thick = case.truth(t)
@@ -95,12 +107,24 @@ def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False) 
     return final
 
 
+def dicom_options(profile: SiteProfile, layout: dcm.Layout | str | None,
+                  transfer_syntax: dcm.TransferSyntax | str | None,
+                  export: bool | None) -> tuple[dcm.Layout, dcm.TransferSyntax, bool]:
+    """The layout, transfer syntax and export flag asked for, each defaulting to the site
+    profile's; a ConfigError names a bad choice."""
+    return (choose(dcm.Layout, layout or profile.layout, "layout"),
+            choose(dcm.TransferSyntax, transfer_syntax or profile.transfer_syntax,
+                   "transfer syntax"),
+            profile.export if export is None else bool(export))
+
+
 def _write_one(args: tuple) -> tuple[str, str | None]:
     """Draw and write one case (a worker job); ``(case_id, error or None)``."""
-    site, index, seed, size, out, overwrite = args
+    site, index, seed, size, out, overwrite, (layout, syntax, export) = args
     params = draw_case(site, index, seed, size)
     try:
-        write_case(params, out, overwrite=overwrite)
+        write_case(params, out, overwrite=overwrite, layout=layout, transfer_syntax=syntax,
+                   export=export)
         return params.case_id, None
     except Exception as e:  # reported per case; the others go on
         log.debug("case %s failed", params.case_id, exc_info=True)
@@ -110,15 +134,30 @@ def _write_one(args: tuple) -> tuple[str, str | None]:
 def generate_site(site: str, n_cases: int | None, out: str | Path, *,
                   size: Size | str = Size.SMALL,
                   seed: int = 0, workers: int = 1, overwrite: bool = False,
-                  progress: bool = False) -> list[tuple[str, str | None]]:
-    """Write ``n_cases`` cases of ``site`` under ``out``; returns ``(case_id, error)`` pairs."""
+                  progress: bool = False, layout: dcm.Layout | str | None = None,
+                  transfer_syntax: dcm.TransferSyntax | str | None = None,
+                  export: bool | None = None) -> list[tuple[str, str | None]]:
+    """Write ``n_cases`` cases of ``site`` under ``out``; returns ``(case_id, error)`` pairs.
+
+    Args:
+        site: the site profile's name.
+        n_cases: how many cases (default: the profile's).
+        out: the folder to write the case folders into.
+        size: the scanner grid (:class:`~lvtl.synth.profiles.Size`).
+        seed: the seed; the same seed gives the same cases.
+        workers: parallel processes.
+        overwrite: rewrite cases that exist.
+        progress: show a progress bar.
+        layout, transfer_syntax, export: the DICOM output, as :func:`write_case` takes them.
+    """
     prof = get_site(site)
     size = choose(Size, size, "size")
+    dicom = dicom_options(prof, layout, transfer_syntax, export)
     n = prof.default_cases if n_cases is None else int(n_cases)
     if n < 1:
         raise ConfigError(f"--cases must be at least 1, got {n}")
     Path(out).mkdir(parents=True, exist_ok=True)
-    jobs = [(site, i, seed, size, str(out), overwrite) for i in range(n)]
+    jobs = [(site, i, seed, size, str(out), overwrite, dicom) for i in range(n)]
     results = map_cases(_write_one, jobs, workers=workers, desc=f"phantom {site}",
                         progress=progress)
     return results

@@ -29,6 +29,7 @@ from tinycase import (
 from lvtl.data.preprocess import PreprocessConfig, load_labels, preprocess_site
 from lvtl.errors import DicomError, LabelError, SeriesProblems
 from lvtl.io.dicom import scan_series
+from lvtl.io.dicom_scan import Skip
 from lvtl.io.geometry import Geometry
 from lvtl.io.nifti import write_volume
 
@@ -82,7 +83,7 @@ def test_good_case_loads(case):
     index = scan_series(case / "dicom")
     assert index.shape == (N_PHASES, N_SLICES, N_PIX, N_PIX)
     assert index.geometry.matches(GEOMETRY, tol_mm=1e-4), index.geometry.differences(GEOMETRY)
-    assert index.skipped == []
+    assert index.skipped == {}
     assert sorted(load_labels(case, index, PreprocessConfig())) == [0, 1]
 
 
@@ -94,7 +95,7 @@ def test_non_dicom_files_are_skipped_with_a_warning(case, caplog):
     with caplog.at_level(logging.WARNING, logger="lvtl"):
         index = scan_series(case / "dicom")
     assert index.shape == (N_PHASES, N_SLICES, N_PIX, N_PIX)
-    assert sorted(index.skipped) == ["README.txt", "blob.bin", "tiny"]
+    assert sorted(index.skipped[Skip.NOT_DICOM]) == ["README.txt", "blob.bin", "tiny"]
     warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     for name in ("README.txt", "blob.bin", "tiny"):
         assert name in warned and "not a DICOM file" in warned
