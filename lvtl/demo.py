@@ -67,20 +67,31 @@ class DemoScale:
     blocks: tuple[int, ...] = (1, 1, 1)
 
 
+#: How each demo site's scanner exports its cases, as hospitals' PACS do (lvtl inspect finds
+#: the 4D series in them): site 1 one series per phase in JPEG Lossless on a CD with a
+#: DICOMDIR, a localizer, a dose report and a second reconstruction; site 2 one Enhanced CT
+#: object per case in JPEG-LS, exported the same way.
+EXPORTS = {"site-1": {"layout": "series-per-phase", "transfer_syntax": "jpeg-lossless",
+                      "export": True},
+           "site-2": {"layout": "enhanced", "transfer_syntax": "jpeg-ls", "export": True}}
+
+
 def _prepare_sites(out: Path, scale: DemoScale, workers: int, say: Say) -> dict:
     sites = {}
     for site, n in (("site-1", scale.site1_cases), ("site-2", scale.site2_cases)):
         data, cache = out / "data" / site, out / "cache" / site
         t0 = time.perf_counter()
-        made = generate_site(site, n, data, workers=workers)
+        made = generate_site(site, n, data, workers=workers, **EXPORTS[site])
         failed = [c for c, e in made if e]
         say(f"[{site}] synthetic cases: {len(made) - len(failed)} in {data} "
             f"({time.perf_counter() - t0:.0f} s)")
         index = scan_series(data / made[0][0] / "dicom")
         g = index.geometry
-        say(f"[{site}] inspect {made[0][0]}: {index.n_phases} phases, shape "
-            f"{list(index.shape)}, spacing {[round(s, 3) for s in g.spacing]} mm, "
-            f"orientation {g.axis_codes()}")
+        skipped = ", ".join(f"{len(v)} {k}" for k, v in index.skipped.items())
+        say(f"[{site}] inspect {made[0][0]}: {index.candidate.layout}, "
+            f"{index.n_phases} phases, shape {list(index.shape)}, spacing "
+            f"{[round(s, 3) for s in g.spacing]} mm, orientation {g.axis_codes()}; "
+            f"{len(index.discovery.candidates)} candidate series, skipped {skipped}")
         t0 = time.perf_counter()
         results = preprocess_site(data, cache, PreprocessConfig(), workers=workers)
         ok = [r for r in results if r.status != "failed"]

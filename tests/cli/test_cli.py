@@ -177,8 +177,12 @@ def test_demo_tells_the_whole_story_and_prints_the_report_last(tmp_path):
     doc = json.loads(report.read_text())
     assert {s: v["status"] for s, v in doc["sites"].items()} == {"site-1": "ok", "site-2": "ok"}
     for step in ("pretrained the 4D model", "signed best.pt", "NVFlare simulator",
-                 "[site-2] baseline"):
+                 "[site-2] baseline",
+                 # each site's cases are real-looking exports, read as such
+                 "[site-1] inspect site-1-000: one series per phase",
+                 "[site-2] inspect site-2-000: enhanced"):
         assert any(step in ln for ln in lines), step
+    assert sum("skipped 1 DICOMDIR, 1 localizer" in ln for ln in lines) == 2
     # the private key stays with the model owner; sites pin only the public key
     assert [p.parent.name for p in (tmp_path / "demo").rglob("signing_key.pem")] == ["owner-keys"]
     assert all(p.name.endswith(".pub.pem") for p in (tmp_path / "demo" / "sites").rglob("*.pem"))
