@@ -69,11 +69,13 @@ class DemoScale:
 
 #: How each demo site's scanner exports its cases, as hospitals' PACS do (lvtl inspect finds
 #: the 4D series in them): site 1 one series per phase in JPEG Lossless on a CD with a
-#: DICOMDIR, a localizer, a dose report and a second reconstruction; site 2 one Enhanced CT
-#: object per case in JPEG-LS, exported the same way.
+#: DICOMDIR, a localizer, a dose report and a second reconstruction, labels as NIfTI masks;
+#: site 2 one Enhanced CT object per case in JPEG-LS, exported the same way, labels as
+#: RTSTRUCT endocardial and epicardial contours (as the paper's contouring tool gave them).
 EXPORTS = {"site-1": {"layout": "series-per-phase", "transfer_syntax": "jpeg-lossless",
                       "export": True},
-           "site-2": {"layout": "enhanced", "transfer_syntax": "jpeg-ls", "export": True}}
+           "site-2": {"layout": "enhanced", "transfer_syntax": "jpeg-ls", "export": True,
+                      "labels": "rtstruct"}}
 
 
 def _prepare_sites(out: Path, scale: DemoScale, workers: int, say: Say) -> dict:

@@ -21,8 +21,10 @@ NAMES: dict[str, str] = {str(BACKGROUND): "background", str(BLOOD_POOL): "lv_blo
                          str(MYOCARDIUM): "lv_myocardium"}
 
 #: DICOM SEG segments: (label value, segment label, SNOMED CT code, code meaning).
-SEG_SEGMENTS = ((BLOOD_POOL, "LV blood pool", "53085002", "Left ventricular cavity"),
-                (MYOCARDIUM, "LV myocardium", "87878005", "Left ventricle myocardium"))
+#: (SNOMED CT has no concept for the LV cavity alone: it is coded as the left ventricle, as
+#: segmentation tools do, and named by its label.)
+SEG_SEGMENTS = ((BLOOD_POOL, "LV blood pool", "87878005", "Left ventricle"),
+                (MYOCARDIUM, "LV myocardium", "49848007", "Left ventricle myocardium"))
 
 #: A label file of a case: ``phase_NN.nii`` or ``phase_NN.nii.gz``, NN the 0-based phase.
 LABEL_FILE = re.compile(r"^phase_(\d+)\.nii(\.gz)?$")

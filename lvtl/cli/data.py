@@ -39,13 +39,16 @@ def phantom(
         "--export/--no-export", help="Write each dicom/ as a CD/PACS export: DICOMDIR, "
                                      "localizer, dose report and screen, a second "
                                      "reconstruction (default: the site's).")] = None,
+    labels: Annotated[str, typer.Option(
+        help="Label files: nifti (masks), nrrd, seg (DICOM SEG) or rtstruct (endocardial and "
+             "epicardial contours).")] = "nifti",
 ) -> None:
     """Write a synthetic site: 4D cardiac CT series (DICOM) with labels and ground truth."""
     from lvtl.synth.site import generate_site
 
     results = generate_site(site, cases, out, size=size, seed=seed, workers=workers,
                             overwrite=overwrite, progress=sys.stderr.isatty(), layout=layout,
-                            transfer_syntax=transfer_syntax, export=export)
+                            transfer_syntax=transfer_syntax, export=export, labels=labels)
     failed = [(c, e) for c, e in results if e]
     for case_id, reason in failed:
         err(f"{case_id}: {reason}")
@@ -115,8 +118,11 @@ def _print_inspect(r: dict) -> None:
             f"  encoding     {', '.join(r['transfer_syntax'])}"
             + ("  (LOSSY compression: HU values are approximate)" if r["lossy"] else ""),
         ]
-        if "labelled_phases" in r:
-            lines.append(f"  labels       phases {', '.join(map(str, r['labelled_phases']))}")
+        for lab in r.get("labels", []):
+            what = (", ".join(f"{k} {n}" for k, n in lab["voxels"].items()) + " voxels"
+                    if lab["ok"] else "NOT READ (see below)")
+            lines.append(f"  label        phase {lab['phase']:>2}: {lab['file']} ({lab['format']}, "
+                         f"phase from {lab['phase_from']}): {what}")
     if lines:
         typer.echo("\n".join(lines))
 
@@ -175,3 +181,36 @@ def preprocess(
                    f"{counts['failed']} failed -> {out}")
     if counts["failed"]:
         raise typer.Exit(5)
+
+
+labels_app = typer.Typer(help="A case's label files (NIfTI, NRRD, 3D Slicer .seg.nrrd, DICOM "
+                              "SEG, RTSTRUCT) as lvtl reads them.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("convert")
+def labels_convert(
+    case: Annotated[Path, typer.Argument(help="A case folder (dicom/ and labels/).")],
+    out: Annotated[Path, typer.Option(help="Folder to write phase_NN.nii.gz or phase_NN.dcm "
+                                           "into (not inside the case).")],
+    to: Annotated[str, typer.Option(help="nifti (on the series' grid) or seg (DICOM SEG "
+                                         "referencing the phase's images).")] = "nifti",
+    series: Annotated[str | None, typer.Option(help="Which series of the case's export "
+                                                    "(default: its series.txt, else the "
+                                                    "rule).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Site TOML config (its [preprocess] "
+                                                     "label values).")] = None,
+) -> None:
+    """Write what lvtl reads from a case's label files, to check it in your own viewer."""
+    from lvtl.config import load_site_config
+    from lvtl.data.labelfiles import convert_labels
+    from lvtl.data.preprocess import PreprocessConfig, case_series
+
+    cfg = load_site_config(config).preprocess if config is not None else PreprocessConfig()
+    written = convert_labels(case, out, to, series or case_series(case, cfg),
+                             cfg.label_mapping())
+    for phase, path in written:
+        typer.echo(f"phase {phase}: {path}")
+    if not written:
+        err(f"{case}: no label files")
+        raise typer.Exit(4)

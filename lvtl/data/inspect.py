@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lvtl.data.preprocess import PreprocessConfig, case_series, load_labels
+import numpy as np
+
+from lvtl.data.labelfiles import find_label_files, read_label_file
+from lvtl.data.preprocess import PreprocessConfig, case_series
 from lvtl.errors import LvtlError, SeriesProblems, first_line
 from lvtl.io.dicom import Discovery, discover, scan_series
+from lvtl.labels import KEYS
 
 
 def dicom_folder(path: Path) -> tuple[Path, Path | None]:
@@ -26,15 +30,17 @@ def _export(found: Discovery, verbose: bool) -> dict:
     return out
 
 
-def inspect_case(path: str | Path, series: str | None = None, verbose: bool = False) -> dict:
+def inspect_case(path: str | Path, series: str | None = None, verbose: bool = False,
+                 config: PreprocessConfig | None = None) -> dict:
     """The inspection report of a case folder (``dicom/`` and ``labels/``) or of a folder of
     DICOM files (any export): a JSON-ready dict with ``problems`` (one line each; empty when
     all is well), ``candidates`` (the 4D series found, best first) and ``skipped`` (counts by
     kind; the names with ``verbose``), and, when the chosen series can be read, ``chosen``,
     ``phases``, ``shape`` ``[t, z, y, x]``, ``spacing`` ``[z, y, x]`` mm, ``orientation``,
-    ``hu_range``, ``series_uid``, ``transfer_syntax``, ``lossy``, equipment, ``files`` and
-    ``labelled_phases``. ``series`` chooses a series (else the case's ``series.txt``, else
-    the rule)."""
+    ``hu_range``, ``series_uid``, ``transfer_syntax``, ``lossy``, equipment, ``files``,
+    ``labels`` (per label file: phase, file, format, how its phase was found, voxels per
+    label, whether it reads) and ``labelled_phases`` (those that read). ``series`` chooses a
+    series (else the case's ``series.txt``, else the rule)."""
     path = Path(path)
     folder, case_dir = dicom_folder(path)
     report: dict = {"path": str(path), "problems": []}
@@ -78,8 +84,28 @@ def inspect_case(path: str | Path, series: str | None = None, verbose: bool = Fa
         "files": len({sl.path for p in index.phases for sl in p}),
     })
     if case_dir is not None and (case_dir / "labels").is_dir():
-        try:
-            report["labelled_phases"] = sorted(load_labels(case_dir, index, PreprocessConfig()))
-        except LvtlError as e:
-            report["problems"].append(str(e))
+        report["labels"], problems = _labels(case_dir, index, config or PreprocessConfig())
+        report["problems"] += problems
+        report["labelled_phases"] = [lab["phase"] for lab in report["labels"] if lab["ok"]]
     return report
+
+
+def _labels(case_dir: Path, index, config: PreprocessConfig) -> tuple[list[dict], list[str]]:
+    """Per label file: its phase, source, format and voxels per label, or its problem."""
+    try:
+        files = find_label_files(case_dir, index)
+    except LvtlError as e:
+        return [], [str(e)]
+    out, problems = [], []
+    for lf in files:
+        row = {"phase": lf.phase, "file": lf.name(case_dir), "format": str(lf.format),
+               "phase_from": lf.phase_from, "ok": False}
+        try:
+            lab = read_label_file(lf, index, config.label_mapping(), name=lf.name(case_dir))
+        except LvtlError as e:
+            problems.append(str(e))
+        else:
+            counts = np.bincount(lab.ravel(), minlength=3)
+            row.update(ok=True, voxels={k: int(counts[v]) for k, v in KEYS.items()})
+        out.append(row)
+    return out, problems

@@ -9,20 +9,27 @@ temporary name and renamed into place, and reused while its inputs and settings 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from lvtl.data.cache import CACHE_SCHEMA, OTHER_KEY, NpyWriter, cache_problem
-from lvtl.data.repair import RepairMode, relabel, repair_labels
+from lvtl.data.labelfiles import LabelMapping, find_label_files, read_label_file
+from lvtl.data.repair import RepairMode, repair_labels
 from lvtl.data.resample import (
     AIR_HU,
     LabelInterp,
@@ -30,12 +37,13 @@ from lvtl.data.resample import (
     resample_labels,
     resample_phase,
 )
-from lvtl.errors import ConfigError, LabelError, LvtlError, PreprocessError, choose
+from lvtl.errors import ConfigError, LvtlError, PreprocessError, choose
 from lvtl.io.atomic import replace_dir
 from lvtl.io.dicom import SeriesIndex, scan_series
 from lvtl.io.geometry import Geometry
-from lvtl.io.nifti import MAX_VOXELS, read_geometry, read_volume
-from lvtl.labels import BLOOD_POOL, LABEL_FILE, MYOCARDIUM
+from lvtl.io.nifti import MAX_VOXELS
+from lvtl.io.seg_read import RoleMapping
+from lvtl.labels import BLOOD_POOL, MYOCARDIUM
 from lvtl.parallel import map_cases
 
 log = logging.getLogger(__name__)
@@ -52,10 +60,34 @@ class PreprocessConfig:
     label_interp: LabelInterp = LabelInterp.ONEHOT
     blood_pool_value: int = 1
     myocardium_value: int = 2
+    #: Which 4D series of a case's export to use (a series UID, a number as ``lvtl inspect``
+    #: lists them, or a description pattern such as ``"*B26f*"``); None: the rule of
+    #: :func:`lvtl.io.dicom.choose`. A case's own ``series.txt`` overrides it.
+    series: str | None = None
+    #: How label files name their labels beyond the values above (None: the defaults of
+    #: :class:`lvtl.data.labelfiles.LabelMapping`): RTSTRUCT ROI name patterns of the
+    #: endocardium and epicardium, segment label patterns (SEG, .seg.nrrd) of the blood pool
+    #: and myocardium, and segments to ignore (other structures).
+    endo_rois: tuple[str, ...] | None = None
+    epi_rois: tuple[str, ...] | None = None
+    blood_pool_segments: tuple[str, ...] | None = None
+    myocardium_segments: tuple[str, ...] | None = None
+    ignore_segments: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.spacing_mm <= 10.0:
             raise ConfigError(f"spacing must be between 0.1 and 10 mm, got {self.spacing_mm}")
+        if self.series is not None and (not isinstance(self.series, str)
+                                        or not self.series.strip()):
+            raise ConfigError(f"series must be a non-empty string, got {self.series!r}")
+        for f in ("endo_rois", "epi_rois", "blood_pool_segments", "myocardium_segments",
+                  "ignore_segments"):
+            v = getattr(self, f)
+            if v is None:
+                continue
+            if isinstance(v, str) or not all(isinstance(p, str) and p.strip() for p in v):
+                raise ConfigError(f"{f} must be a list of name patterns, got {v!r}")
+            object.__setattr__(self, f, tuple(v))
         if not 0 <= self.repair_radius <= 50:
             raise ConfigError(f"repair radius must be 0 to 50 pixels, got {self.repair_radius}")
         # choices given as text (TOML, the CLI) become Enums here, once
@@ -69,6 +101,16 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def label_mapping(self) -> LabelMapping:
+        """How this site's label files name their labels."""
+        base, segs = LabelMapping(), RoleMapping()
+        segs = replace(segs, **{k: v for k, v in {
+            "blood_pool": self.blood_pool_segments, "myocardium": self.myocardium_segments,
+            "ignore": self.ignore_segments}.items() if v is not None})
+        return LabelMapping(self.blood_pool_value, self.myocardium_value,
+                            self.endo_rois or base.endo_rois, self.epi_rois or base.epi_rois,
+                            segs)
 
 
 # --------------------------------------------------------------------------- cases
@@ -152,40 +194,12 @@ def _os_reason(e: OSError) -> str:
 
 
 def iter_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig):
-    """Yield ``(phase, labels)`` for each label file of a case, checked and relabelled to
-    0/1/2 on the image geometry, one at a time."""
-    folder = case_dir / "labels"
-    if not folder.is_dir():
-        return
-    for path in sorted(folder.iterdir()):
-        m = LABEL_FILE.match(path.name)
-        if not m:
-            if not path.name.startswith("."):
-                log.warning("%s: not a label file name (phase_NN.nii.gz), skipped", path)
-            continue
-        name = f"{case_dir.name}/labels/{path.name}"
-        phase = int(m.group(1))
-        if phase >= index.n_phases:
-            raise LabelError(f"{name}: phase {phase} but the series has {index.n_phases} "
-                             f"phases (0 to {index.n_phases - 1})")
-        # the header first: a file on another grid (or claiming gigabytes) is refused before
-        # any of its pixel data is read
-        diffs = index.geometry.differences(read_geometry(path), tol_mm=0.01, tol_dir=1e-3)
-        if diffs:
-            raise LabelError(f"{name}: geometry does not match the image series "
-                             f"({'; '.join(diffs)})")
-        arr, _ = read_volume(path, shape=index.geometry.shape)
-        if arr.dtype.kind == "f":
-            if not np.array_equal(arr, np.rint(arr)):
-                raise LabelError(f"{name}: label values are not integers")
-            arr = arr.astype(np.int64)
-        lab = relabel(arr, config.blood_pool_value, config.myocardium_value, source=name)
-        missing = [n for n, v in (("blood pool", BLOOD_POOL), ("myocardium", MYOCARDIUM))
-                   if not (lab == v).any()]
-        if missing:
-            raise LabelError(f"{name}: empty label, no {' and no '.join(missing)} "
-                             f"in a labelled phase")
-        yield phase, lab
+    """Yield ``(phase, labels)`` for each label file of a case (any format of
+    :mod:`lvtl.data.labelfiles`), checked and relabelled to 0/1/2 on the image geometry, one
+    at a time."""
+    for lf in find_label_files(case_dir, index):
+        yield lf.phase, read_label_file(lf, index, config.label_mapping(),
+                                        name=lf.name(case_dir))
 
 
 def load_labels(case_dir: Path, index: SeriesIndex, config: PreprocessConfig
@@ -211,10 +225,26 @@ def _dst_box(sub: Geometry, dst: Geometry) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
+#: A case's choice of series (first non-empty line), when its export holds several.
+SERIES_FILE = "series.txt"
+
+
+def case_series(case_dir: str | Path, config: PreprocessConfig | None = None) -> str | None:
+    """The series a case uses: its ``series.txt``, else the config's choice (None: the rule)."""
+    path = Path(case_dir) / SERIES_FILE
+    if path.is_file():
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
+        chosen = next((ln for ln in lines if ln and not ln.startswith("#")), None)
+        if chosen:
+            return chosen
+    return config.series if config is not None else None
+
+
 def _fingerprint(case_dir: Path, config: PreprocessConfig) -> str:
     h = hashlib.sha256()
     h.update(CACHE_SCHEMA.encode())
     h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(f"series={case_series(case_dir, config)}\n".encode())
     for sub in ("dicom", "labels"):
         folder = case_dir / sub
         if not folder.is_dir():
@@ -227,8 +257,13 @@ def _fingerprint(case_dir: Path, config: PreprocessConfig) -> str:
 
 
 def preprocess_case(case_dir: str | Path, out_root: str | Path,
-                    config: PreprocessConfig | None = None, *, force: bool = False) -> CaseResult:
-    """DICOM and labels of one case to its cached 1 mm 4D pair under ``out_root/<case>``."""
+                    config: PreprocessConfig | None = None, *, force: bool = False,
+                    decode_workers: int | None = None) -> CaseResult:
+    """DICOM and labels of one case to its cached 1 mm 4D pair under ``out_root/<case>``.
+
+    ``decode_workers`` processes decode and resample the phases (None: the default for the
+    series' size, :func:`decode_worker_count`); the cache is the same whatever the number.
+    """
     config = config or PreprocessConfig()
     case_dir, out_root = Path(case_dir), Path(out_root)
     t0 = time.perf_counter()
@@ -242,7 +277,7 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
         return CaseResult(case_id, "cached", cache=str(final), labelled=meta["labelled_phases"])
     if problem not in (None, OTHER_KEY):  # damaged, not merely made from other inputs
         log.warning("%s: damaged cache (%s); rebuilding it", case_id, problem)
-    index = scan_series(case_dir / "dicom")
+    index = scan_series(case_dir / "dicom", case_series(case_dir, config))
     # Sizes from the headers before any pixel data is read: one phase of the series and of
     # the resampled grid must each fit the limit (a header cannot claim gigabytes).
     dst = canonical_grid(index.geometry, config.spacing_mm)
@@ -271,7 +306,8 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
         volumes: dict[int, dict] = {}
         with (NpyWriter(tmp / "image.npy", np.int16, shape4) as img,
               NpyWriter(tmp / "label.npy", np.uint8, shape4) as lab):
-            hu_min, hu_max = _write_phases(index, dst, crops, config, img, lab, volumes)
+            hu_min, hu_max = _write_phases(index, dst, crops, config, img, lab, volumes,
+                                           workers=decode_workers)
         labelled = np.zeros(index.n_phases, bool)
         labelled[list(volumes)] = True
         np.save(tmp / "labelled.npy", labelled)
@@ -294,7 +330,7 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
             "es_phase": es,
             "volumes": {str(k): v for k, v in sorted(volumes.items())},
             "hu_range": [hu_min, hu_max],
-            "skipped_files": index.skipped,
+            "skipped_files": {str(k): len(v) for k, v in index.skipped.items()},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(tmp, final)
@@ -305,30 +341,109 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
                       seconds=time.perf_counter() - t0)
 
 
+#: Processes that decode and resample the phases of one large series in parallel
+#: (:func:`decode_worker_count`); the environment variable ``LVTL_DECODE_WORKERS`` overrides
+#: it.
+DECODE_WORKERS = min(2, os.cpu_count() or 1)
+#: A series with fewer voxels (all phases) is decoded in this process: starting a worker (a
+#: fresh interpreter importing lvtl, about 1 to 2 s) would cost more than it saves.
+PARALLEL_MIN_VOXELS = 100_000_000
+
+
+def decode_worker_count(index: SeriesIndex, workers: int | None = None) -> int:
+    """How many processes decode the phases of ``index``: ``workers`` if given, else
+    ``LVTL_DECODE_WORKERS`` or :data:`DECODE_WORKERS` for a series of at least
+    :data:`PARALLEL_MIN_VOXELS` voxels, else 1; never more than the phases. Always 1 in a
+    worker of :func:`preprocess_site` (cases already run in parallel there: no nested pools)."""
+    proc = multiprocessing.current_process()
+    if proc.daemon:  # a multiprocessing pool's worker cannot start processes
+        return 1
+    if workers is None:
+        if multiprocessing.parent_process() is not None:  # one case among parallel ones
+            return 1
+        if int(np.prod(index.shape, dtype=np.int64)) < PARALLEL_MIN_VOXELS:
+            return 1
+        env = os.environ.get("LVTL_DECODE_WORKERS", "").strip()
+        try:
+            workers = int(env) if env else DECODE_WORKERS
+        except ValueError:
+            raise ConfigError(f"LVTL_DECODE_WORKERS must be a whole number, got {env!r}") from None
+    if workers < 1:
+        raise ConfigError(f"decode workers must be at least 1, got {workers}")
+    return max(1, min(int(workers), index.n_phases))
+
+
+def _image_phase(index: SeriesIndex, t: int, dst: Geometry) -> tuple[np.ndarray, float, float]:
+    """Phase ``t`` resampled to ``dst`` and rounded to int16; with its HU range before
+    rounding."""
+    res = resample_phase(index, t, dst, fill=AIR_HU)
+    lo, hi = float(res.min()), float(res.max())
+    np.rint(res, out=res)
+    np.clip(res, -32768, 32767, out=res)
+    return res.astype(np.int16), lo, hi
+
+
+def _image_phase_job(job: tuple[SeriesIndex, Geometry]) -> tuple[np.ndarray, float, float]:
+    """A worker's job: the one phase of a :func:`_one_phase` index."""
+    index, dst = job
+    return _image_phase(index, 0, dst)
+
+
+def _one_phase(index: SeriesIndex, t: int) -> SeriesIndex:
+    """``index`` cut to its phase ``t`` alone, without the export's headers: light to send."""
+    return dataclasses.replace(index, phases=[index.phases[t]],
+                               phase_keys=[index.phase_keys[t]], skipped={},
+                               first_header=None, candidate=None, discovery=None)
+
+
+def _image_phases(index: SeriesIndex, dst: Geometry, workers: int
+                  ) -> Iterator[tuple[np.ndarray, float, float]]:
+    """:func:`_image_phase` of every phase, in order; with ``workers > 1`` computed in that
+    many processes, at most ``workers + 1`` phases ahead of the consumer (bounded memory)."""
+    if workers <= 1:
+        for t in range(index.n_phases):
+            yield _image_phase(index, t, dst)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque = deque()
+        try:
+            for t in range(index.n_phases):
+                pending.append(pool.submit(_image_phase_job, (_one_phase(index, t), dst)))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # stopped early (an error): drop the phases not yet started
+            for f in pending:
+                f.cancel()
+
+
 def _write_phases(index: SeriesIndex, dst: Geometry, crops: dict, config: PreprocessConfig,
-                  img: NpyWriter, lab: NpyWriter, volumes: dict) -> tuple[float, float]:
+                  img: NpyWriter, lab: NpyWriter, volumes: dict, *,
+                  workers: int | None = None) -> tuple[float, float]:
     """Stream every phase: resample the image, repair and resample its labels, append both.
-    Fills ``volumes`` per labelled phase; returns the HU range of the resampled images."""
+    Fills ``volumes`` per labelled phase; returns the HU range of the resampled images.
+
+    The images are decoded and resampled in :func:`decode_worker_count` processes while this
+    one repairs the labels and writes; the result is the same with any number of workers."""
     vox_ml = config.spacing_mm**3 / 1000.0
     hu_min, hu_max = np.inf, -np.inf
-    for t in range(index.n_phases):
-        res = resample_phase(index, t, dst, fill=AIR_HU)
-        hu_min, hu_max = min(hu_min, float(res.min())), max(hu_max, float(res.max()))
-        np.rint(res, out=res)
-        np.clip(res, -32768, 32767, out=res)
-        img.append(res.astype(np.int16))
-        del res
-        out_t = np.zeros(dst.shape, np.uint8)
-        if t in crops:
-            box, sub = crops.pop(t)
-            sub_geom = index.geometry.crop(box)
-            repaired = repair_labels(sub, config.repair_radius, config.repair_mode)
-            dbox = _dst_box(sub_geom, dst)
-            out_t[dbox] = resample_labels(repaired, sub_geom, dst.crop(dbox),
-                                          config.label_interp)
-            volumes[t] = {"blood_pool_ml": float((out_t == BLOOD_POOL).sum() * vox_ml),
-                          "myocardium_ml": float((out_t == MYOCARDIUM).sum() * vox_ml)}
-        lab.append(out_t)
+    with closing(_image_phases(index, dst, decode_worker_count(index, workers))) as images:
+        for t, (res, lo, hi) in enumerate(images):
+            hu_min, hu_max = min(hu_min, lo), max(hu_max, hi)
+            img.append(res)
+            del res
+            out_t = np.zeros(dst.shape, np.uint8)
+            if t in crops:
+                box, sub = crops.pop(t)
+                sub_geom = index.geometry.crop(box)
+                repaired = repair_labels(sub, config.repair_radius, config.repair_mode)
+                dbox = _dst_box(sub_geom, dst)
+                out_t[dbox] = resample_labels(repaired, sub_geom, dst.crop(dbox),
+                                              config.label_interp)
+                volumes[t] = {"blood_pool_ml": float((out_t == BLOOD_POOL).sum() * vox_ml),
+                              "myocardium_ml": float((out_t == MYOCARDIUM).sum() * vox_ml)}
+            lab.append(out_t)
     return hu_min, hu_max
 
 

@@ -92,6 +92,7 @@ class SliceHeader:
     series_number: int | None = None
     slice_thickness: float | None = None
     instance: int | None = None
+    sop_uid: str = ""  # SOPInstanceUID of the file (labels reference their images by it)
     phase_key: float = float("nan")  # set when the series is assembled
 
     @property
@@ -255,6 +256,7 @@ def _common(ds: Dataset) -> dict:
     number = value(ds, "SeriesNumber")
     ntp = value(ds, "NumberOfTemporalPositions")
     return dict(
+        sop_uid=_text(ds, "SOPInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"), study_uid=_text(ds, "StudyInstanceUID"),
         frame_of_reference=_text(ds, "FrameOfReferenceUID"),
         description=_text(ds, "SeriesDescription"), kernel=_text(ds, "ConvolutionKernel"),

@@ -16,25 +16,61 @@ import json
 import logging
 import os
 import shutil
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from lvtl.errors import ConfigError, choose
 from lvtl.io import dicom_write as dcm
+from lvtl.io.dicom import scan_series
 from lvtl.io.nifti import write_volume
+from lvtl.io.nrrd import write_nrrd
+from lvtl.io.rtstruct import write_rtstruct
+from lvtl.io.seg import write_seg
 from lvtl.labels import BLOOD_POOL, MYOCARDIUM, label_file_name
 from lvtl.parallel import map_cases
 from lvtl.synth.case import Case
+from lvtl.synth.contours import contours_from_case
 from lvtl.synth.profiles import N_PHASES, CaseParams, SiteProfile, Size, draw_case, get_site
 
 log = logging.getLogger(__name__)
 
 
+class LabelOutput(StrEnum):
+    """The format of a synthetic case's label files, as sites' contouring tools write them."""
+
+    NIFTI = "nifti"  # the annotator's flood-filled masks, phase_NN.nii.gz
+    NRRD = "nrrd"  # the same masks, phase_NN.nrrd
+    SEG = "seg"  # the same masks as a DICOM SEG referencing the phase's images
+    RTSTRUCT = "rtstruct"  # the endocardial and epicardial contours (analytic) as drawn
+
+
+def _write_labels(folder: Path, case: Case, phase: int, labels: np.ndarray,
+                  fmt: LabelOutput, info, index) -> None:
+    """One labelled phase's file in ``fmt``."""
+    g = case.geometry
+    if fmt is LabelOutput.NIFTI:
+        write_volume(folder / label_file_name(phase), labels, g)
+    elif fmt is LabelOutput.NRRD:
+        write_nrrd(folder / label_file_name(phase, ".nrrd"), labels, g)
+    elif fmt is LabelOutput.SEG:
+        write_seg(folder / label_file_name(phase, ".dcm"), labels, index, phase)
+    else:
+        endo, epi = contours_from_case(case, phase)
+        write_rtstruct(folder / label_file_name(phase, ".dcm"), endo=endo, epi=epi,
+                       slices=index.phases[phase], series_uid=index.phases[phase][0].series_uid,
+                       study_uid=info.study_uid,
+                       frame_of_reference=info.frame_of_reference_uid,
+                       header=index.first_header,
+                       sop_uid=dcm.new_uid(f"{info.series_uid}/rtstruct/{phase}"))
+
+
 def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False,
                layout: dcm.Layout | str | None = None,
                transfer_syntax: dcm.TransferSyntax | str | None = None,
-               export: bool | None = None) -> Path:
+               export: bool | None = None, labels: LabelOutput | str = LabelOutput.NIFTI
+               ) -> Path:
     """Write one case folder: ``dicom/`` (the 4D study), ``labels/`` (flood-fill style masks
     of the labelled phases) and ``truth/`` (clean labels, analytic thickness, parameters).
 
@@ -48,7 +84,9 @@ def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False,
         layout: how the phases are split into series (default: the site profile's).
         transfer_syntax: the DICOM encoding (default: the site profile's).
         export: write ``dicom/`` as a CD/PACS export (default: the site profile's).
+        labels: the format of ``labels/`` (:class:`LabelOutput`); ``truth/`` is NIfTI always.
     """
+    labels = choose(LabelOutput, labels, "label format")
     out = Path(out)
     final = out / params.case_id
     if final.exists() and not overwrite:
@@ -78,9 +116,12 @@ def write_case(params: CaseParams, out: str | Path, *, overwrite: bool = False,
     dcm.write_study(tmp / "dicom", case.phases_hu(), g, info, layout=layout,
                     transfer_syntax=transfer_syntax, export=export)
     volumes = {}
+    index = (scan_series(tmp / "dicom") if labels in (LabelOutput.SEG, LabelOutput.RTSTRUCT)
+             else None)
     for t in case.labelled_phases:
         truth, thick = case.truth(t)
-        write_volume(tmp / "labels" / label_file_name(t), case.flood_fill_labels(truth, t), g)
+        _write_labels(tmp / "labels", case, t, case.flood_fill_labels(truth, t), labels, info,
+                      index)
         write_volume(tmp / "truth" / "labels" / label_file_name(t), truth, g)
         volumes[t] = (int((truth == BLOOD_POOL).sum()), int((truth == MYOCARDIUM).sum()))
         for name, ph in (("ed", params.ed), ("es", params.es)):
@@ -120,11 +161,11 @@ def dicom_options(profile: SiteProfile, layout: dcm.Layout | str | None,
 
 def _write_one(args: tuple) -> tuple[str, str | None]:
     """Draw and write one case (a worker job); ``(case_id, error or None)``."""
-    site, index, seed, size, out, overwrite, (layout, syntax, export) = args
+    site, index, seed, size, out, overwrite, (layout, syntax, export), labels = args
     params = draw_case(site, index, seed, size)
     try:
         write_case(params, out, overwrite=overwrite, layout=layout, transfer_syntax=syntax,
-                   export=export)
+                   export=export, labels=labels)
         return params.case_id, None
     except Exception as e:  # reported per case; the others go on
         log.debug("case %s failed", params.case_id, exc_info=True)
@@ -136,7 +177,8 @@ def generate_site(site: str, n_cases: int | None, out: str | Path, *,
                   seed: int = 0, workers: int = 1, overwrite: bool = False,
                   progress: bool = False, layout: dcm.Layout | str | None = None,
                   transfer_syntax: dcm.TransferSyntax | str | None = None,
-                  export: bool | None = None) -> list[tuple[str, str | None]]:
+                  export: bool | None = None, labels: LabelOutput | str = LabelOutput.NIFTI
+                  ) -> list[tuple[str, str | None]]:
     """Write ``n_cases`` cases of ``site`` under ``out``; returns ``(case_id, error)`` pairs.
 
     Args:
@@ -149,15 +191,17 @@ def generate_site(site: str, n_cases: int | None, out: str | Path, *,
         overwrite: rewrite cases that exist.
         progress: show a progress bar.
         layout, transfer_syntax, export: the DICOM output, as :func:`write_case` takes them.
+        labels: the label files' format (:class:`LabelOutput`).
     """
     prof = get_site(site)
+    labels = choose(LabelOutput, labels, "label format")
     size = choose(Size, size, "size")
     dicom = dicom_options(prof, layout, transfer_syntax, export)
     n = prof.default_cases if n_cases is None else int(n_cases)
     if n < 1:
         raise ConfigError(f"--cases must be at least 1, got {n}")
     Path(out).mkdir(parents=True, exist_ok=True)
-    jobs = [(site, i, seed, size, str(out), overwrite, dicom) for i in range(n)]
+    jobs = [(site, i, seed, size, str(out), overwrite, dicom, labels) for i in range(n)]
     results = map_cases(_write_one, jobs, workers=workers, desc=f"phantom {site}",
                         progress=progress)
     return results

@@ -183,6 +183,8 @@ def test_demo_tells_the_whole_story_and_prints_the_report_last(tmp_path):
                  "[site-2] inspect site-2-000: enhanced"):
         assert any(step in ln for ln in lines), step
     assert sum("skipped 1 DICOMDIR, 1 localizer" in ln for ln in lines) == 2
+    site2 = tmp_path / "demo" / "data" / "site-2"
+    assert {p.suffix for p in site2.glob("*/labels/*")} == {".dcm"}  # RTSTRUCT contours
     # the private key stays with the model owner; sites pin only the public key
     assert [p.parent.name for p in (tmp_path / "demo").rglob("signing_key.pem")] == ["owner-keys"]
     assert all(p.name.endswith(".pub.pem") for p in (tmp_path / "demo" / "sites").rglob("*.pem"))

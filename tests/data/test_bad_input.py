@@ -192,22 +192,34 @@ def _labels_error(case: Path) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("how", ["shifted origin", "different shape"])
+@pytest.mark.parametrize("how", ["shifted origin", "another orientation"])
 def test_label_geometry_mismatch(case, how):
-    if how == "shifted origin":
+    if how == "shifted origin":  # half of it would lie outside the series
         g = Geometry.make(GEOMETRY.shape, GEOMETRY.spacing,
                           np.add(GEOMETRY.origin, (0.0, 0.0, 4.0)), DIRECTION)
-        arr = label_map()
-        word = "origin"
+        word = "extends beyond"
     else:
-        g = Geometry.make((N_SLICES - 1, N_PIX, N_PIX), GEOMETRY.spacing, GEOMETRY.origin,
-                          DIRECTION)
-        arr = label_map()[:-1]
-        word = "shape"
-    write_volume(case / "labels" / "phase_01.nii.gz", arr, g)
+        g = Geometry.make(GEOMETRY.shape, GEOMETRY.spacing, GEOMETRY.origin,
+                          DIRECTION[[0, 2, 1]] * np.array([[-1], [1], [1]]))
+        word = "another orientation"
+    write_volume(case / "labels" / "phase_01.nii.gz", label_map(), g)
     msg = _labels_error(case)
-    assert "case/labels/phase_01.nii.gz" in msg
+    assert "case/labels/phase_01.nii.gz" in msg and "\n" not in msg
     assert "geometry does not match" in msg and word in msg
+
+
+def test_label_on_a_sub_grid_is_placed_exactly(case):
+    """A label file covering only some slices (as tools crop to the heart) is placed onto
+    the series' grid at its position, the rest background."""
+    full = label_map()
+    sub = Geometry.make((N_SLICES - 2, N_PIX, N_PIX), GEOMETRY.spacing,
+                        np.asarray(GEOMETRY.origin) + DIRECTION[0] * GEOMETRY.spacing[0],
+                        DIRECTION)
+    write_volume(case / "labels" / "phase_01.nii.gz", full[1:-1], sub)
+    expect = full.copy()
+    expect[0] = expect[-1] = 0
+    got = load_labels(case, scan_series(case / "dicom"), PreprocessConfig())[1]
+    assert np.array_equal(got, expect)
 
 
 def test_unexpected_label_values(case):
