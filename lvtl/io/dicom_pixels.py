@@ -82,19 +82,23 @@ class PixelCoding:
                 and self.bits_allocated in (8, 16) and self.high_bit == self.bits_stored - 1)
 
 
-def coding_of(ds, native_offset: int | None) -> PixelCoding:
+def coding_of(ds, native_offset: int | None, get=None) -> PixelCoding:
     """The :class:`PixelCoding` of a dataset's header; ``native_offset`` is the file offset of
-    its pixel data's value when the caller found it uncompressed (None otherwise)."""
+    its pixel data's value when the caller found it uncompressed (None otherwise). ``get``
+    reads an attribute by keyword (default ``ds.get``; the header scan passes its faster
+    raw reader)."""
+    get = get or ds.get
     ts = ds.file_meta.TransferSyntaxUID
     native = (not ts.is_compressed and ts.is_little_endian and not ts.is_deflated)
-    bits = int(ds.get("BitsAllocated") or 16)
-    stored = int(ds.get("BitsStored") or bits)
+    bits = int(get("BitsAllocated") or 16)
+    stored = int(get("BitsStored") or bits)
+    high = get("HighBit")
     return PixelCoding(
-        rows=int(ds.Rows), cols=int(ds.Columns), bits_allocated=bits, bits_stored=stored,
-        high_bit=int(ds.get("HighBit") if ds.get("HighBit") is not None else stored - 1),
-        signed=int(ds.get("PixelRepresentation") or 0) == 1,
-        samples=int(ds.get("SamplesPerPixel") or 1), transfer_syntax=str(ts),
-        frames=int(ds.get("NumberOfFrames") or 1),
+        rows=int(get("Rows")), cols=int(get("Columns")), bits_allocated=bits,
+        bits_stored=stored, high_bit=int(high) if high is not None else stored - 1,
+        signed=int(get("PixelRepresentation") or 0) == 1,
+        samples=int(get("SamplesPerPixel") or 1), transfer_syntax=str(ts),
+        frames=int(get("NumberOfFrames") or 1),
         native_offset=native_offset if native else None)
 
 

@@ -293,7 +293,7 @@ def _classic(path: Path, ds: Dataset) -> SliceHeader | str:
             if text is not None:
                 phases[DESCRIPTION_PHASE] = text
         tell, length = _pixel_offset(ds)
-        coding = coding_of(ds, tell)
+        coding = coding_of(ds, tell, lambda k: value(ds, k))
         instance, thickness = value(ds, "InstanceNumber"), value(ds, "SliceThickness")
         slope = float(value(ds, "RescaleSlope") or 1.0)
         intercept = float(value(ds, "RescaleIntercept") or 0.0)
