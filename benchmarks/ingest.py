@@ -18,10 +18,12 @@ Each method then runs once, in a fresh child process (this script run again with
 ``lvtl``
     ``lvtl.data.preprocess.preprocess_case(case, out, PreprocessConfig(), force=True)``: series
     discovery and checks, decoding and resampling every phase to the canonical 1 mm grid (in
-    worker processes when the series is large: :func:`lvtl.data.preprocess.decode_worker_count`),
-    label repair and resampling of the labelled phases, and the int16 cache written to disk.
+    two workers for a large series: processes for compressed data, threads for native data;
+    :func:`lvtl.data.preprocess.decode_worker_count`), label repair and resampling of the
+    labelled phases, and the int16 cache written to disk.
 ``lvtl-serial``
-    the same with ``LVTL_DECODE_WORKERS=1``: every phase decoded in the one process.
+    the same with ``LVTL_DECODE_WORKERS=1``: every phase read in the one thread, as before
+    the parallel decoding; the cache must be the same, byte for byte (sha256 compared).
 ``dcm2niix`` (export case)
     ``dcm2niix -z n -o OUT EXPORT``: every series of the folder to uncompressed NIfTI (and its
     BIDS JSON sidecar); no resampling. ``dcm2niix-series`` runs it on a folder of hard links to
@@ -89,8 +91,10 @@ SITE, INDEX, SEED, SIZE = "site-2", 0, 0, "paper"
 MIB = 1024.0 * 1024.0
 DCM2NIIX = Path(sys.executable).with_name("dcm2niix")
 GNU_TIME = Path("/usr/bin/time")
-#: Files in the discovery folder: the export case and this many renamed copies of it.
+#: The discovery folder: the export case, this many renamed copies of it, and a small exam of
+#: another site (so that it holds more than 20,000 files).
 DISCOVERY_COPIES = 2
+DISCOVERY_SMALL = ("site-1", 0, "small")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -647,10 +651,16 @@ def child_copy_export(args: argparse.Namespace) -> dict:
 
 def run_child_method(args: argparse.Namespace) -> None:
     if args.method == "generate":
+        from lvtl.synth.profiles import draw_case
         from lvtl.synth.site import write_case
 
         spec = CASES[args.spec]
-        write_case(case_params(args.slices), Path(args.out), overwrite=True, **spec.options())
+        if args.other:  # SITE:INDEX:SIZE
+            site, index, size = args.other.split(":")
+            params = draw_case(site, int(index), seed=SEED, size=size)
+        else:
+            params = case_params(args.slices)
+        write_case(params, Path(args.out), overwrite=True, **spec.options())
         return
     if args.out and args.method in ("lvtl", "monai", "plain", "dcm2niix"):
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -861,9 +871,10 @@ def markdown_uncompressed(results: dict) -> str:
                 f"{res['baseline_rss_mib']:.0f} | {_load(res)} |")
 
     mo_total = mo["seconds"] + mo["grouping_seconds"]
-    lines.append(row("lvtl `preprocess_case` (DICOM to cached 1 mm 4D pair)", lv))
+    lines.append(row("lvtl `preprocess_case` (DICOM to cached 1 mm 4D pair; phases in 2 "
+                     "threads)", lv))
     if "lvtl-serial" in r:
-        lines.append(row("lvtl, `LVTL_DECODE_WORKERS=1` (decoding in one process)",
+        lines.append(row("lvtl, `LVTL_DECODE_WORKERS=1` (phases in one thread)",
                          r["lvtl-serial"]))
     lines += [
         row("MONAI `LoadImage(PydicomReader)` + `Spacing(1 mm)`, per phase", mo),
@@ -888,7 +899,13 @@ def markdown_uncompressed(results: dict) -> str:
         f"output {mo['output_shape']}. lvtl output {lv['output_shape']} int16 "
         f"(plus uint8 labels; labelled phases {lv['labelled_phases']}).",
     ]
-    lines += _profile_md(results.get("profile"), "LVTL_DECODE_WORKERS=1")
+    if "lvtl-serial" in r:
+        w1 = r["lvtl-serial"]
+        same = (w1["image_sha256"] == lv["image_sha256"]
+                and w1["label_sha256"] == lv["label_sha256"])
+        lines.append(f"Cache of the threaded and the serial run identical (sha256 of "
+                     f"image.npy and label.npy): {'yes' if same else 'NO'}.")
+    lines += _profile_md(results.get("profile"), "one process")
     return "\n".join(lines)
 
 
@@ -917,8 +934,8 @@ def markdown_export(results: dict) -> str:
                 f"{f'{hwm:.0f}' if hwm else '-'} | {_load(res)} |")
 
     mo_total = mo["seconds"] + mo["grouping_seconds"]
-    lines.append(row("lvtl `preprocess_case`: discovery, decoding and resampling in workers, "
-                     "labels, cache", lv))
+    lines.append(row("lvtl `preprocess_case`: discovery, decoding and resampling in 2 worker "
+                     "processes, labels, cache", lv))
     if "lvtl-serial" in r:
         lines.append(row("lvtl, `LVTL_DECODE_WORKERS=1`", r["lvtl-serial"]))
     lines.append(row(f"dcm2niix `-z n` on the export folder ({dc['nifti_files']} NIfTI + "
@@ -1157,16 +1174,31 @@ def run_discovery(args, scratch: Path, provenance: dict) -> None:
     case_dir, _ = ensure_case(args.workdir, spec, args.slices)
     params = case_params(args.slices)
     folder = args.workdir / "discovery" / params.case_id
-    done = folder / ".complete"
-    if not done.is_file():
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        print(f"building {folder} ...", flush=True)
-        shutil.copytree(case_dir / "dicom", folder / "exam-0", copy_function=os.link)
-        for k in range(1, DISCOVERY_COPIES + 1):
-            spawn(f"d-copy-{k}", "copy-export", scratch, folder=case_dir / "dicom",
-                  out=folder / f"exam-{k}", copy_id=f"COPY{k}", timed=False)
-        done.write_text("")
+    site, index, size = DISCOVERY_SMALL
+    small_id = f"{site}-{index:03d}"
+    parts = {"exam-0": lambda out: shutil.copytree(case_dir / "dicom", out,
+                                                   copy_function=os.link)}
+    for k in range(1, DISCOVERY_COPIES + 1):
+        parts[f"exam-{k}"] = lambda out, k=k: spawn(
+            f"d-copy-{k}", "copy-export", scratch, folder=case_dir / "dicom", out=out,
+            copy_id=f"COPY{k}", timed=False)
+
+    def small(out: Path) -> None:
+        tmp = scratch / "small"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--method", "generate",
+                        "--out", str(tmp), "--spec", spec.name,
+                        "--other", f"{site}:{index}:{size}"], check=True, cwd=REPO,
+                       env=_child_env())
+        shutil.move(tmp / small_id / "dicom", out)
+
+    parts[f"exam-{small_id}-{size}"] = small
+    for name, make in parts.items():  # each part built once (a marker when complete)
+        if not (folder / f".{name}.complete").is_file():
+            print(f"building {folder / name} ...", flush=True)
+            shutil.rmtree(folder / name, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            make(folder / name)
+            (folder / f".{name}.complete").write_text("")
     files = dicom_files(folder)
     print(f"discovery folder {folder} ({len(files)} files)", flush=True)
     spawn("d-warmup", "readall", scratch, folder=folder)
@@ -1185,7 +1217,10 @@ def run_discovery(args, scratch: Path, provenance: dict) -> None:
                               f"and {DISCOVERY_COPIES} copies of it with new study, series, "
                               f"instance and frame-of-reference UIDs and patient IDs (each "
                               f"exam: DICOMDIR, localizer, 20 + 20 series of two "
-                              f"reconstructions, dose screen, dose report)")},
+                              f"reconstructions, dose screen, dose report), and {small_id} at "
+                              f"size {size} exported the same way"),
+                          "parts": {p.name: len(dicom_files(p)) for p in
+                                    sorted(folder.iterdir()) if p.is_dir()}},
                "notes": ["discover() reads every file's header (pixel data deferred); timed "
                          "once after a warm-up read of every file (warm file cache)"],
                "runs": runs, "profile": profile}
@@ -1234,7 +1269,7 @@ def main() -> None:
                                          "dcm2niix", "discover", "list-series", "copy-export"),
                     help=argparse.SUPPRESS)
     for hidden in ("--case-dir", "--out", "--result", "--profile-to", "--folder", "--files",
-                   "--spec", "--copy-id"):
+                   "--spec", "--copy-id", "--other"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.slices is not None and args.slices < 2:

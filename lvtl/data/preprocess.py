@@ -20,7 +20,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -261,8 +261,9 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
                     decode_workers: int | None = None) -> CaseResult:
     """DICOM and labels of one case to its cached 1 mm 4D pair under ``out_root/<case>``.
 
-    ``decode_workers`` processes decode and resample the phases (None: the default for the
-    series' size, :func:`decode_worker_count`); the cache is the same whatever the number.
+    ``decode_workers`` workers (processes for compressed data, threads for native data)
+    decode and resample the phases (None: the default for the series' size,
+    :func:`decode_worker_count`); the cache is the same whatever the number.
     """
     config = config or PreprocessConfig()
     case_dir, out_root = Path(case_dir), Path(out_root)
@@ -341,36 +342,50 @@ def preprocess_case(case_dir: str | Path, out_root: str | Path,
                       seconds=time.perf_counter() - t0)
 
 
-#: Processes that decode and resample the phases of one large series in parallel
-#: (:func:`decode_worker_count`); the environment variable ``LVTL_DECODE_WORKERS`` overrides
-#: it.
+#: Workers that decode and resample the phases of a large series in parallel
+#: (:func:`decode_worker_count`): processes for compressed pixel data (the decoders hold
+#: Python's lock), threads for native data read from file offsets (reading and numpy
+#: resampling release it, and a thread costs no start-up).
 DECODE_WORKERS = min(2, os.cpu_count() or 1)
-#: A series with fewer voxels (all phases) is decoded in this process: starting a worker (a
-#: fresh interpreter importing lvtl, about 1 to 2 s) would cost more than it saves.
+#: A series with fewer voxels (all phases) is read in this process: starting a worker process
+#: (a fresh interpreter importing lvtl, 1 to 2 s) would cost more than it saves.
 PARALLEL_MIN_VOXELS = 100_000_000
 
 
+def _needs_decoding(index: SeriesIndex) -> bool:
+    """Whether any pixel data of ``index`` must be decoded (compressed, or otherwise not
+    readable from a file offset): then phases go to worker processes, else to threads."""
+    return any(not s.coding.fast for phase in index.phases for s in phase)
+
+
 def decode_worker_count(index: SeriesIndex, workers: int | None = None) -> int:
-    """How many processes decode the phases of ``index``: ``workers`` if given, else
-    ``LVTL_DECODE_WORKERS`` or :data:`DECODE_WORKERS` for a series of at least
-    :data:`PARALLEL_MIN_VOXELS` voxels, else 1; never more than the phases. Always 1 in a
-    worker of :func:`preprocess_site` (cases already run in parallel there: no nested pools)."""
-    proc = multiprocessing.current_process()
-    if proc.daemon:  # a multiprocessing pool's worker cannot start processes
+    """How many workers decode the phases of ``index``, never more than its phases.
+
+    ``workers`` if given, else the environment variable ``LVTL_DECODE_WORKERS`` if set, else
+    :data:`DECODE_WORKERS` for a series of at least :data:`PARALLEL_MIN_VOXELS` voxels, else
+    1. Without ``workers`` it is 1 in a worker process of :func:`preprocess_site` (cases
+    already run in parallel there: no nested pools); worker processes are never started from
+    a daemonic process (a multiprocessing pool's worker cannot start processes).
+    """
+    if multiprocessing.current_process().daemon and _needs_decoding(index):
         return 1
     if workers is None:
         if multiprocessing.parent_process() is not None:  # one case among parallel ones
             return 1
-        if int(np.prod(index.shape, dtype=np.int64)) < PARALLEL_MIN_VOXELS:
-            return 1
         env = os.environ.get("LVTL_DECODE_WORKERS", "").strip()
-        try:
-            workers = int(env) if env else DECODE_WORKERS
-        except ValueError:
-            raise ConfigError(f"LVTL_DECODE_WORKERS must be a whole number, got {env!r}") from None
+        if env:
+            try:
+                workers = int(env)
+            except ValueError:
+                raise ConfigError(f"LVTL_DECODE_WORKERS must be a whole number, got "
+                                  f"{env!r}") from None
+        elif int(np.prod(index.shape, dtype=np.int64)) < PARALLEL_MIN_VOXELS:
+            return 1
+        else:
+            workers = DECODE_WORKERS
     if workers < 1:
         raise ConfigError(f"decode workers must be at least 1, got {workers}")
-    return max(1, min(int(workers), index.n_phases))
+    return min(int(workers), index.n_phases)
 
 
 def _image_phase(index: SeriesIndex, t: int, dst: Geometry) -> tuple[np.ndarray, float, float]:
@@ -398,17 +413,29 @@ def _one_phase(index: SeriesIndex, t: int) -> SeriesIndex:
 
 def _image_phases(index: SeriesIndex, dst: Geometry, workers: int
                   ) -> Iterator[tuple[np.ndarray, float, float]]:
-    """:func:`_image_phase` of every phase, in order; with ``workers > 1`` computed in that
-    many processes, at most ``workers + 1`` phases ahead of the consumer (bounded memory)."""
+    """:func:`_image_phase` of every phase, in order; with ``workers > 1`` computed by that
+    many worker processes (data to decode) or threads (native data), at most ``workers + 1``
+    phases ahead of the consumer (bounded memory)."""
     if workers <= 1:
         for t in range(index.n_phases):
             yield _image_phase(index, t, dst)
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque = deque()
+    if _needs_decoding(index):
+        pool: Executor = ProcessPoolExecutor(workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+
+        def submit(t: int) -> Future:
+            return pool.submit(_image_phase_job, (_one_phase(index, t), dst))
+    else:
+        pool = ThreadPoolExecutor(workers)
+
+        def submit(t: int) -> Future:
+            return pool.submit(_image_phase, index, t, dst)
+    with pool:
+        pending: deque[Future] = deque()
         try:
             for t in range(index.n_phases):
-                pending.append(pool.submit(_image_phase_job, (_one_phase(index, t), dst)))
+                pending.append(submit(t))
                 if len(pending) > workers:
                     yield pending.popleft().result()
             while pending:
@@ -424,8 +451,9 @@ def _write_phases(index: SeriesIndex, dst: Geometry, crops: dict, config: Prepro
     """Stream every phase: resample the image, repair and resample its labels, append both.
     Fills ``volumes`` per labelled phase; returns the HU range of the resampled images.
 
-    The images are decoded and resampled in :func:`decode_worker_count` processes while this
-    one repairs the labels and writes; the result is the same with any number of workers."""
+    The images are decoded and resampled by :func:`decode_worker_count` workers while this
+    thread repairs the labels and writes; the result is the same with any number of
+    workers."""
     vox_ml = config.spacing_mm**3 / 1000.0
     hu_min, hu_max = np.inf, -np.inf
     with closing(_image_phases(index, dst, decode_worker_count(index, workers))) as images:

@@ -1,4 +1,5 @@
-"""Phases decoded in worker processes give the cache of the serial path, byte for byte."""
+"""Phases decoded by workers (processes for JPEG, threads for native pixel data) give the
+cache of the serial path, byte for byte."""
 
 from __future__ import annotations
 
@@ -51,8 +52,18 @@ def tiny_case(request, tmp_path_factory):
                        *EXPORTS[request.param])
 
 
-class _CountingPool(pp.ProcessPoolExecutor):
-    """The executor of the parallel path, counting the phases it is given."""
+class _CountingProcesses(pp.ProcessPoolExecutor):
+    """The executor of compressed data, counting the phases it is given."""
+
+    jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        type(self).jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+class _CountingThreads(pp.ThreadPoolExecutor):
+    """The executor of native data, counting the phases it is given."""
 
     jobs = 0
 
@@ -68,10 +79,13 @@ def _cache_bytes(folder):
 def test_parallel_cache_equals_serial_cache(tiny_case, tmp_path, monkeypatch):
     case = tiny_case
     serial = preprocess_case(case, tmp_path / "serial", decode_workers=1)
-    monkeypatch.setattr(pp, "ProcessPoolExecutor", _CountingPool)
-    _CountingPool.jobs = 0
+    monkeypatch.setattr(pp, "ProcessPoolExecutor", _CountingProcesses)
+    monkeypatch.setattr(pp, "ThreadPoolExecutor", _CountingThreads)
+    _CountingProcesses.jobs = _CountingThreads.jobs = 0
     parallel = preprocess_case(case, tmp_path / "parallel", decode_workers=2)
-    assert _CountingPool.jobs == scan_series(case / "dicom").n_phases  # all in workers
+    # every phase went to a worker: a process for JPEG, a thread for native pixel data
+    jpeg = "jpeg" in case.name
+    assert (_CountingProcesses.jobs, _CountingThreads.jobs) == ((4, 0) if jpeg else (0, 4))
     assert serial.status == parallel.status == "written"
     assert serial.labelled == parallel.labelled == [1, 3]
     ours, theirs = (_cache_bytes(tmp_path / d / case.name) for d in ("serial", "parallel"))
@@ -95,22 +109,37 @@ def test_an_undecodable_phase_fails_alike_in_parallel(tmp_path):
     assert errors[0] == errors[1] and bad.name in errors[0]
 
 
+def _index(phases, slices, rows, compressed):
+    """A stand-in for a SeriesIndex: what decode_worker_count looks at."""
+    sl = SimpleNamespace(rows=rows, cols=rows, coding=SimpleNamespace(fast=not compressed))
+    return SimpleNamespace(phases=[[sl] * slices] * phases, n_phases=phases,
+                           shape=(phases, slices, rows, rows))
+
+
 def test_decode_worker_count(monkeypatch):
-    big = SimpleNamespace(shape=(20, 221, 512, 512), n_phases=20)
-    small = SimpleNamespace(shape=(20, 50, 112, 112), n_phases=20)
+    jpeg = _index(20, 221, 512, compressed=True)  # the paper-size case as a JPEG export
+    native = _index(20, 221, 512, compressed=False)
+    small = _index(20, 50, 112, compressed=True)
     monkeypatch.delenv("LVTL_DECODE_WORKERS", raising=False)
-    assert decode_worker_count(big) == pp.DECODE_WORKERS
+    assert decode_worker_count(jpeg) == decode_worker_count(native) == pp.DECODE_WORKERS
     assert decode_worker_count(small) == 1  # workers would take longer to start
     assert decode_worker_count(small, 3) == 3
-    assert decode_worker_count(SimpleNamespace(shape=(2, 9, 9, 9), n_phases=2), 8) == 2
+    assert decode_worker_count(_index(2, 9, 9, True), 8) == 2  # at most one per phase
     monkeypatch.setenv("LVTL_DECODE_WORKERS", "1")
-    assert decode_worker_count(big) == 1
+    assert decode_worker_count(jpeg) == 1
+    monkeypatch.setenv("LVTL_DECODE_WORKERS", "3")
+    assert decode_worker_count(small) == 3
     monkeypatch.setenv("LVTL_DECODE_WORKERS", "two")
     with pytest.raises(ConfigError, match="LVTL_DECODE_WORKERS"):
-        decode_worker_count(big)
+        decode_worker_count(jpeg)
     with pytest.raises(ConfigError, match="at least 1"):
-        decode_worker_count(big, 0)
+        decode_worker_count(jpeg, 0)
     # a case run among others in worker processes (preprocess_site): no nested pools
     monkeypatch.setenv("LVTL_DECODE_WORKERS", "4")
     monkeypatch.setattr(pp.multiprocessing, "parent_process", lambda: object())
-    assert decode_worker_count(big) == 1
+    assert decode_worker_count(jpeg) == decode_worker_count(native) == 1
+    # a daemonic process starts no processes, threads it may
+    monkeypatch.setattr(pp.multiprocessing, "current_process",
+                        lambda: SimpleNamespace(daemon=True))
+    assert decode_worker_count(jpeg, 2) == 1
+    assert decode_worker_count(native, 2) == 2
