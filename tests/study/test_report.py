@@ -1,0 +1,231 @@
+"""The coordinator's report never overstates: every mean with its n and 95% interval, no
+correlation from too few cases, a plateau only with three sizes and an interval, verdicts from
+paired intervals, and a plot with integer training sizes and error bars."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lvtl.study import report
+from lvtl.study.report import render_markdown, summarize, write_report
+from lvtl.study.results import ResultsDoc, Run, SiteResults, Status
+from lvtl.study.run import CaseEval, summarize_run
+
+#: Case-to-case variation of the mean Dice of ten test cases (mean 0), added to a level.
+CASES = np.array([0.01, -0.02, 0.015, 0.0, -0.01, 0.02, -0.015, 0.005, 0.01, -0.015])
+
+
+def run(arm: str, size: int, mean_dice, thickness: bool = True) -> Run:
+    """One run whose per-case mean Dice (over blood pool and LVM) is ``mean_dice``; with
+    ``thickness``, predicted and true wall thicknesses that correlate."""
+    evals = []
+    for i, d in enumerate(mean_dice):
+        true = {"median": 5.0 + 0.3 * i, "p95": 7.0 + 0.2 * i, "max": 9.0 + 0.1 * i}
+        pred = {s: v + 0.2 * math.sin(3 * i) for s, v in true.items()}
+        evals.append(CaseEval(f"c{i}", {"blood_pool": d + 0.02, "lvm": d - 0.02},
+                              {"ED": {"pred": pred, "truth": true},
+                               "ES": {"pred": pred, "truth": true}} if thickness else {}))
+    return summarize_run(arm, size, evals)
+
+
+def doc(**sites: list[Run]) -> ResultsDoc:
+    """A report document of sites with results, each with its runs."""
+    return ResultsDoc(sites={name: SiteResults(status=Status.OK, n_test=runs[0].n_test, runs=runs)
+                             for name, runs in sites.items()})
+
+
+def by_hand(values) -> tuple[float, float, float]:
+    """Mean and 95% t-interval, computed here independently of the report."""
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return float(v.mean()), float(lo), float(hi)
+
+
+def line(md: str, start: str) -> str:
+    (found,) = [x for x in md.splitlines() if x.startswith(start)]
+    return found
+
+
+def tables(md: str) -> list[list[dict[str, str]]]:
+    """The markdown tables of a report, each as its rows keyed by the header's cells."""
+    out, block = [], []
+    for row in [*md.splitlines(), ""]:
+        if row.startswith("|"):
+            block.append([c.strip() for c in row.strip("|").split("|")])
+        elif block:
+            out.append([dict(zip(block[0], r, strict=True)) for r in block[2:]])
+            block = []
+    return out
+
+
+def test_every_mean_has_its_n_and_the_t_interval_computed_by_hand():
+    base = 0.8 + CASES
+    d = doc(**{"site-2": [run("baseline", 0, base)], "site-3": [run("baseline", 0, base[:4])]})
+    s = summarize(d)
+    cell = s["per_site"]["site-2"]["dice_by_size"]["baseline"][0]
+    assert cell["n"] == 10
+    for key, values in (("blood_pool", base + 0.02), ("lvm", base - 0.02), ("mean", base)):
+        mean, lo, hi = by_hand(values)
+        assert cell[key]["n"] == 10
+        assert cell[key]["mean"] == pytest.approx(mean, abs=1e-6)
+        assert (cell[key]["low"], cell[key]["high"]) == pytest.approx((lo, hi), abs=1e-6)
+    pooled = s["pooled_dice_by_size"]["baseline"][0]
+    assert pooled["n"] == 14 and pooled["sites"] == 2  # case-weighted: per-case values pooled
+    mean, lo, hi = by_hand(np.concatenate([base, base[:4]]))
+    assert (pooled["mean"]["mean"], pooled["mean"]["low"], pooled["mean"]["high"]) == \
+        pytest.approx((mean, lo, hi), abs=1e-6)
+
+
+def test_every_mean_in_report_md_has_an_interval_or_says_why_not():
+    d = doc(**{"site-2": [run("baseline", 0, 0.8 + CASES), run("transfer", 5, 0.9 + CASES)],
+               "site-3": [run("baseline", 0, [0.7]), run("transfer", 5, [0.85])]})
+    dice = [t for t in tables(render_markdown(d, summarize(d))) if t and "LVM" in t[0]]
+    assert [len(t) for t in dice] == [2, 2, 2]  # site-2, site-3, pooled
+    assert [r["n"] for t in dice for r in t] == ["10", "10", "1", "1", "11", "11"]
+    assert [r["sites"] for r in dice[2]] == ["2", "2"]  # pooled, case-weighted
+    with_interval = re.compile(r"^\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]$")
+    for row in (r for t in dice for r in t):
+        for key in ("blood pool", "LVM", "mean of both"):
+            assert (with_interval.match(row[key]) if row["n"] != "1"
+                    else re.match(r"^\d\.\d{3} \(no interval: n=1\)$", row[key])), row
+    mean, lo, hi = by_hand(0.9 + CASES)
+    assert dice[0][1]["mean of both"] == f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def test_a_correlation_from_too_few_cases_is_not_a_number(tmp_path):
+    few = run("transfer", 5, 0.9 + CASES[:4])
+    r_site = few.thickness_r.ED.median
+    assert r_site is not None and few.thickness_r_ci.ED.median.n == 4  # the site computed one
+    many = run("transfer", 5, 0.9 + CASES)
+    write_report(doc(**{"site-2": [few], "site-3": [many]}), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    full = json.loads((tmp_path / "report.json").read_text())
+    row = line(md.split("## site-2")[1], "| transfer | 5 | too few")
+    assert row.count("too few cases (n=4)") == 6 and f"{r_site:.2f}" not in row
+    cor = full["summary"]["per_site"]["site-2"]["thickness_r"]["transfer"]["5"]["ED"]["median"]
+    assert cor == {"r": None, "low": None, "high": None, "n": 4, "why": "too_few_cases"}
+    assert full["sites"]["site-2"]["runs"][0]["thickness_r"]["ED"]["median"] == r_site
+    # from MIN_CASES_R cases on: the number with its interval and n
+    ci = many.thickness_r_ci.ES.p95
+    shown = full["summary"]["per_site"]["site-3"]["thickness_r"]["transfer"]["5"]["ES"]["p95"]
+    assert shown == {"r": many.thickness_r.ES.p95, "low": ci.low, "high": ci.high, "n": 10,
+                     "why": None}
+    assert (f"{many.thickness_r.ES.p95:.2f} [{ci.low:.2f}, {ci.high:.2f}] (n=10)"
+            in md.split("## site-3")[1])
+
+
+def test_a_constant_input_is_said_in_words():
+    flat = run("baseline", 0, 0.8 + CASES, thickness=False)
+    flat.thickness_r.ED.max = None
+    flat.thickness_r_ci.ED.max.n, flat.thickness_r_ci.ED.max.why = 10, "constant_input"
+    md = render_markdown(doc(s=[flat]), summarize(doc(s=[flat])))
+    assert "constant input (n=10)" in md
+
+
+def test_a_plateau_with_two_sizes_is_not_assessed():
+    d = doc(s=[run("transfer", 5, 0.85 + CASES), run("transfer", 10, 0.85 + CASES)])
+    s = summarize(d)
+    assert s["per_site"]["s"]["transfer_plateau"]["size"] is None
+    assert ("- transfer plateau: not assessed (needs at least 3 training sizes, got 2)"
+            in render_markdown(d, s))
+
+
+def test_a_clear_plateau_with_three_sizes_is_claimed_with_its_interval():
+    noise = np.array([0.001, -0.001, 0.002, 0.0, -0.002, 0.001, 0.0, -0.001, 0.002, -0.001])
+    curve = {1: 0.7 + CASES, 2: 0.85 + CASES, 3: 0.852 + CASES + noise}
+    d = doc(s=[run("transfer", k, v) for k, v in curve.items()])
+    s = summarize(d)
+    p = s["per_site"]["s"]["transfer_plateau"]
+    assert p["size"] == 2 and p["compared_with"] == 3
+    mean, lo, hi = by_hand(curve[3] - curve[2])
+    assert (p["difference"]["mean"], p["difference"]["low"], p["difference"]["high"]) == \
+        pytest.approx((mean, lo, hi), abs=1e-5)
+    assert hi < report.PLATEAU
+    assert (f"- transfer plateau: at 2 training cases (every larger size gains less than "
+            f"{report.PLATEAU} mean Dice by the upper end of its 95% interval; highest upper "
+            f"end, at 3: {mean:+.3f} [{lo:+.3f}, {hi:+.3f}], paired over 10 test cases)"
+            ) in render_markdown(d, s)
+
+
+def test_a_noisy_plateau_is_not_claimed():
+    rng = np.random.default_rng(0)
+    curve = {1: 0.7 + CASES, 2: 0.85 + CASES, 3: np.clip(0.85 + rng.normal(0, 0.05, 10),
+                                                         0.1, 0.9)}
+    d = doc(s=[run("transfer", k, v) for k, v in curve.items()])
+    s = summarize(d)
+    assert s["per_site"]["s"]["transfer_plateau"]["size"] is None
+    assert "- transfer plateau: not shown (at no size below the largest (3)" in \
+        render_markdown(d, s)
+
+
+def test_verdicts_when_transfer_clearly_beats_random_and_the_baseline():
+    d = doc(s=[run("baseline", 0, 0.75 + np.roll(CASES, 3)),
+               *[run(arm, k, level + noise) for k in (5, 10, 15)
+                 for arm, level, noise in (("random", 0.5 + 0.05 * k / 5, CASES[::-1]),
+                                           ("transfer", 0.9, CASES))]])
+    s = summarize(d)
+    md = render_markdown(d, s)
+    assert ("- transfer beats random init at every size: yes (3 of 3 sizes with the interval "
+            "above 0)") in md
+    assert ("- baseline (no tuning) beats random init at every size: yes (3 of 3 sizes with "
+            "the interval above 0)") in md
+    assert "- transfer beats baseline at every size: yes (3 of 3 sizes" in md
+    (tr,) = [c for c in s["per_site"]["s"]["comparisons"] if c["worse"] == "random"
+             and c["better"] == "transfer"]
+    mean, lo, hi = by_hand(CASES - CASES[::-1] + 0.9 - 0.55)
+    diff = tr["by_size"][5]
+    assert (diff["mean"], diff["low"], diff["high"]) == pytest.approx((mean, lo, hi), abs=1e-5)
+    assert diff["n"] == 10 and diff["outcome"] == "above 0" and 0 < lo < mean
+
+
+def test_verdicts_when_the_intervals_include_zero_or_lie_below_it(tmp_path):
+    # at 10, transfer is ahead on average but the paired interval includes 0
+    ahead = np.array([0.06, -0.05, 0.04, -0.03, 0.05, -0.04, 0.03, -0.05, 0.04, -0.03])
+    mean, lo, hi = by_hand(ahead)
+    assert mean > 0 > lo
+    random = [run("random", 5, 0.7 + CASES), run("random", 10, 0.7 + CASES)]
+    d = doc(s=[*random, run("transfer", 5, 0.6 + CASES[::-1]),
+               run("transfer", 10, 0.7 + CASES + ahead)])
+    write_report(d, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert ("- transfer beats random init at every size: no: interval below 0 at 5; interval "
+            "includes 0 at 10 (0 of 2 sizes with the interval above 0)") in md
+    d = doc(s=[*random, run("transfer", 5, 0.9 + CASES[::-1]),
+               run("transfer", 10, 0.7 + CASES + ahead)])
+    md = render_markdown(d, summarize(d))
+    assert ("- transfer beats random init at every size: not shown: interval includes 0 at 10 "
+            "(1 of 2 sizes with the interval above 0)") in md
+    assert f"| transfer − random | 10 | 10 | {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | includes 0 |" \
+        in md
+    assert "baseline" not in md  # only the arms that were run are compared
+    comp = json.loads((tmp_path / "report.json").read_text())["summary"]["per_site"]["s"][
+        "comparisons"]
+    assert [(c["verdict"], c["above_zero"], c["sizes"]) for c in comp] == [("no", 0, 2)]
+    assert [comp[0]["by_size"][k]["outcome"] for k in ("5", "10")] == ["below 0", "includes 0"]
+
+
+@pytest.mark.parametrize("sizes", [(1, 2, 3), (5, 10), (2, 5, 7, 30)])
+def test_the_plot_has_integer_ticks_error_bars_and_a_baseline_band(sizes):
+    from matplotlib.container import ErrorbarContainer
+
+    d = doc(s=[run("baseline", 0, 0.75 + CASES),
+               *[run(a, k, 0.8 + CASES) for k in sizes for a in ("random", "transfer")]])
+    fig = report._figure(summarize(d))
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(k) for k in sizes]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2 and all(c.has_yerr for c in bars)
+    assert any("interval" in t.get_text() for t in ax.get_legend().get_texts())
+    assert len(ax.patches) == 1  # the baseline's interval as a band
+    assert "n=10" in ax.get_title()
+
+
+def test_the_plot_draws_a_site_with_one_test_case_without_intervals():
+    d = doc(s=[run("baseline", 0, [0.7]), run("transfer", 5, [0.85])])
+    (ax,) = report._figure(summarize(d)).axes
+    assert len(ax.patches) == 0 and "n=1" in ax.get_title()  # no band: no interval
