@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from lvtl.model.network import Conv4d
+from lvtl.model.network import (
+    Conv4d,
+    GroupNorm4d,
+    _Conv4dFunction,
+    _upsample2,
+    channels_last_4d,
+)
 
 
 def direct_conv4d(x, w, b, stride, padding):
@@ -25,13 +31,15 @@ def direct_conv4d(x, w, b, stride, padding):
     return out
 
 
-@pytest.mark.parametrize("shape,k,stride,padding,bias", [
-    ((2, 3, 4, 5, 4, 3), 3, 1, 1, True),
-    ((1, 2, 5, 4, 6, 5), 3, 2, 1, True),
-    ((1, 2, 4, 4, 4, 4), 3, (2, 1, 2, 1), (1, 0, 1, 0), False),
-    ((2, 1, 3, 5, 5, 4), (1, 3, 3, 3), 1, (0, 1, 1, 1), True),
-    ((1, 2, 5, 5, 5, 5), 2, 2, 0, True),
-])
+CASES = [((2, 3, 4, 5, 4, 3), 3, 1, 1, True), ((1, 2, 5, 4, 6, 5), 3, 2, 1, True),
+         ((1, 2, 4, 4, 4, 4), 3, (2, 1, 2, 1), (1, 0, 1, 0), False),
+         ((2, 1, 3, 5, 5, 4), (1, 3, 3, 3), 1, (0, 1, 1, 1), True),
+         ((1, 2, 5, 5, 5, 5), 2, 2, 0, True),
+         ((1, 2, 1, 4, 4, 4), 3, 1, 1, True),  # one frame: no time offset reaches all outputs
+         ((1, 2, 2, 4, 4, 4), 3, 2, 2, True)]  # output frames no offset reaches (bias only)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding,bias", CASES)
 def test_conv4d_equals_the_direct_computation(shape, k, stride, padding, bias):
     torch.manual_seed(0)
     conv = Conv4d(shape[1], 3, k, stride, padding, bias=bias).double()
@@ -41,6 +49,39 @@ def test_conv4d_equals_the_direct_computation(shape, k, stride, padding, bias):
                         conv.bias.detach(), conv.stride, conv.padding)
     assert got.shape == ref.shape
     assert np.allclose(got, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding,bias", CASES)
+def test_conv4d_gradients_equal_the_numerical_ones(shape, k, stride, padding, bias):
+    """The hand-written backward pass (input, weight and bias) against finite differences,
+    in float64, with an input in the default (not channels-last) layout."""
+    torch.manual_seed(1)
+    conv = Conv4d(shape[1], 2, k, stride, padding, bias=bias).double()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    params = tuple(p.detach().clone().requires_grad_() for p in
+                   ((conv.weight,) + ((conv.bias,) if bias else ())))
+    assert torch.autograd.gradcheck(conv, (x,))
+    assert torch.autograd.gradcheck(
+        lambda w, *b: _Conv4dFunction.apply(x.detach(), w, b[0] if b else None, conv.stride,
+                                            conv.padding), params)
+
+
+def test_layers_keep_channels_last_4d_and_equal_the_default_layout():
+    torch.manual_seed(2)
+    x = torch.randn(1, 8, 3, 4, 5, 6)
+    conv = Conv4d(8, 8)
+    y = conv(x)
+    assert y.permute(0, 2, 3, 4, 5, 1).is_contiguous()  # memory (N, T, D, H, W, C)
+    norm, ref = GroupNorm4d(4, 8), torch.nn.GroupNorm(4, 8)
+    ref.load_state_dict(norm.state_dict())
+    got = norm(y)
+    assert got.permute(0, 2, 3, 4, 5, 1).is_contiguous()
+    assert torch.allclose(got, ref(y.contiguous()), atol=1e-5)
+    up = _upsample2(channels_last_4d(x), torch.zeros(1, 1, 5, 7, 10, 11))
+    want = x
+    for dim in range(2, 6):
+        want = want.repeat_interleave(2, dim=dim)
+    assert torch.equal(up, want[:, :, :5, :7, :10, :11])
 
 
 def test_every_output_sees_a_full_4d_neighbourhood():
