@@ -4,6 +4,15 @@ A cache folder holds ``image.npy`` (int16 HU, ``(t, z, y, x)``), ``label.npy`` (
 shape, zero at unlabelled phases), ``labelled.npy`` (bool, ``(t,)``) and ``meta.json``.
 :func:`load_site_cases` gives a study or training run every usable case of a site, optionally
 at a coarser grid (:func:`downsample`, a demo-scale study on a CPU).
+
+The coarse grid of :func:`downsample` at factor ``f``: along each axis of ``n`` cache voxels
+it has ``n // f`` voxels, and coarse voxel ``i`` holds the label of cache voxel ``f * i``
+(the same voxel centre; :func:`coarse_coordinates`), so the last ``n - f * (n // f - 1) - 1``
+cache voxels lie beyond the last coarse centre. The coarse image is the mean of the block of
+cache voxels ``f * i`` to ``f * i + f - 1`` (the remainder ``n % f`` is cut off), centred
+``(f - 1) / 2`` cache voxels further on than the label it is trained against (half a voxel at
+``f = 2``): a model trained on such cases predicts the labels at the label centres, and that
+is where :func:`lvtl.model.infer.upsample_proba` places its output on the cache grid.
 """
 
 from __future__ import annotations
@@ -143,8 +152,10 @@ class CachedCase:
     image: np.ndarray  # (t, z, y, x) int16 HU
     label: np.ndarray  # (t, z, y, x) uint8
     labelled: np.ndarray  # (t,) bool
-    geometry: Geometry
+    geometry: Geometry  # of the cache grid (a downsampled case keeps it)
     meta: dict
+    factor: int = 1  # the arrays are at this multiple of the cache grid (:func:`downsample`)
+    native_label: np.ndarray | None = None  # the cache grid's labels when ``factor`` > 1
 
 
 def load_cached(cache_dir: str | Path) -> CachedCase:
@@ -176,9 +187,19 @@ def _open(cache_dir: Path) -> CachedCase | str:
         return first_line(e)
 
 
+def coarse_coordinates(n: int, factor: int) -> np.ndarray:
+    """Where the centres of ``n`` cache voxels along one axis lie on the grid of
+    :func:`downsample` at ``factor``, in coarse voxel units: ``j / factor`` for cache voxel
+    ``j`` (coarse voxel ``i`` is cache voxel ``factor * i``). Values above ``n // factor - 1``
+    lie beyond the last coarse voxel."""
+    return np.arange(int(n), dtype=np.float64) / int(factor)
+
+
 def downsample(case, factor: int):
     """The case at ``factor`` times the cache's spacing (a demo-scale study on a CPU): image
-    by block means, labels by taking every ``factor``-th voxel."""
+    by block means, labels by taking every ``factor``-th voxel (the grids: see the module's
+    notes). The case keeps its cache-grid ``geometry`` and records ``factor`` and the cache
+    grid's labels (``native_label``, not copied) for an evaluation on the cache grid."""
     if factor == 1:
         return case
 
@@ -188,7 +209,8 @@ def downsample(case, factor: int):
     img = img[:, :new[0] * factor, :new[1] * factor, :new[2] * factor]
     img = img.reshape(t, new[0], factor, new[1], factor, new[2], factor).mean(axis=(2, 4, 6))
     lab = np.asarray(case.label)[:, ::factor, ::factor, ::factor][:, :new[0], :new[1], :new[2]]
-    return replace(case, image=np.round(img).astype(np.int16), label=np.ascontiguousarray(lab))
+    return replace(case, image=np.round(img).astype(np.int16), label=np.ascontiguousarray(lab),
+                   factor=factor, native_label=case.label)
 
 
 def load_site_cases(cache_root: str | Path, factor: int = 1):

@@ -12,6 +12,13 @@ that cover them (each new window with its first uncovered phase next to its cent
 every phase, windows start every ``t // 2`` phases round the cycle.
 Class scores (softmax) of overlapping windows are averaged, then the label is the most probable
 class.
+
+A model trained at a coarser grid (:func:`lvtl.data.cache.downsample` at factor ``f``) predicts
+there; :func:`upsample_proba` brings its class probabilities back to the cache grid, one phase
+at a time, before the most probable class is taken (``predict_labels(..., factor=f,
+shape=...)``): trilinear interpolation at the cache voxel centres, coarse voxel ``i`` being
+cache voxel ``f * i`` (:func:`lvtl.data.cache.coarse_coordinates`), and the cache voxels
+beyond the last coarse voxel along an axis taking that voxel's values.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvtl.data.cache import load_cached
+from lvtl.data.cache import coarse_coordinates, load_cached
 from lvtl.data.crops import HU_WINDOW, normalize_hu
 from lvtl.data.preprocess import PreprocessConfig, preprocess_case
 from lvtl.data.resample import LabelInterp, resample_labels
@@ -102,12 +109,67 @@ def predict_proba(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int]
     return acc[(slice(None), slice(None), *[slice(0, n) for n in shape])], wanted
 
 
+def upsample_proba(prob: np.ndarray, shape: Sequence[int], factor: int) -> np.ndarray:
+    """Class probabilities ``(K, z', y', x')`` on the grid of
+    :func:`lvtl.data.cache.downsample` at ``factor`` resampled to the cache grid of ``shape``
+    ``(z, y, x)`` (where ``z' = z // factor``, ...): float32 ``(K, z, y, x)``.
+
+    Trilinear (separable linear) interpolation at the cache voxel centres: cache voxel ``j``
+    lies at coarse coordinate ``j / factor`` (:func:`lvtl.data.cache.coarse_coordinates`), so
+    every ``factor``-th cache voxel takes a coarse voxel's probabilities unchanged and those
+    between are weighted by distance; those beyond the last coarse voxel (the tail of an axis,
+    including sizes not divisible by ``factor``) take its values. The probabilities of each
+    voxel still sum to one. (A one-hot input ties halfway between coarse voxels of different
+    classes, where the most probable class is then the lower label; a network's softmax does
+    not tie.)"""
+    out = np.asarray(prob, np.float32)
+    shape = tuple(int(n) for n in shape)
+    if int(factor) < 1:
+        raise ValueError(f"factor must be at least 1, got {factor}")
+    if out.ndim != 4 or len(shape) != 3:
+        raise ValueError(f"expected (K, z, y, x) probabilities and a (z, y, x) shape, got "
+                         f"{out.shape} and {shape}")
+    coarse = tuple(n // factor for n in shape)
+    if out.shape[1:] != coarse:
+        raise ValueError(f"probabilities {out.shape[1:]} are not the {factor}x grid "
+                         f"{coarse} of {shape}")
+    if factor == 1:
+        return out
+    for axis, n in enumerate(shape, start=1):
+        pos = np.clip(coarse_coordinates(n, factor), 0, coarse[axis - 1] - 1)
+        lo = np.floor(pos).astype(np.intp)
+        hi = np.minimum(lo + 1, coarse[axis - 1] - 1)
+        w = (pos - lo).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(4)])
+        out = np.take(out, lo, axis=axis) * (1.0 - w) + np.take(out, hi, axis=axis) * w
+    return out
+
+
 def predict_labels(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int],
                    device: str | torch.device = "cpu", phases: Sequence[int] | None = None,
+                   *, factor: int = 1, shape: Sequence[int] | None = None,
                    **kw) -> tuple[np.ndarray, list[int]]:
-    """Label maps ``(len(phases), z, y, x)`` uint8 (0, 1, 2) and the phase list."""
+    """Label maps ``(len(phases), z, y, x)`` uint8 (0, 1, 2) and the phase list.
+
+    Args:
+        model: the 4D network.
+        image: ``(t, z, y, x)`` HU, at the grid the model works on.
+        crop: the window ``(t, z, y, x)`` (:func:`predict_proba`).
+        device: torch device.
+        phases: the phases to label (all by default).
+        factor: with ``shape``, ``image`` is at ``factor`` times the cache grid of ``shape``
+            ``(z, y, x)`` (:func:`lvtl.data.cache.downsample`) and the labels are on the cache
+            grid: each phase's probabilities are upsampled (:func:`upsample_proba`), then the
+            most probable class is taken.
+        shape: see ``factor``; None: the labels are at the image's grid.
+        **kw: :func:`predict_proba`'s ``overlap``, ``bf16``, ``max_voxels``.
+    """
     prob, wanted = predict_proba(model, image, crop, device, phases, **kw)
-    return prob.argmax(axis=0).astype(np.uint8), wanted
+    if shape is None:
+        return prob.argmax(axis=0).astype(np.uint8), wanted
+    out = np.empty((len(wanted), *(int(n) for n in shape)), np.uint8)
+    for i in range(len(wanted)):
+        out[i] = upsample_proba(prob[:, i], shape, factor).argmax(axis=0)
+    return out, wanted
 
 
 def evaluate_dice(model: torch.nn.Module, cases: list, crop: Sequence[int],

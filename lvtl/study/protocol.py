@@ -33,6 +33,13 @@ class Arm(StrEnum):
         return self is not Arm.BASELINE
 
 
+class EvalGrid(StrEnum):
+    """The grid on which a study with ``downsample`` > 1 measures Dice and wall thickness."""
+
+    NATIVE = "native"  # the cache's 1 mm grid: probabilities upsampled, the cache's own truth
+    MODEL = "model"  # the model's grid: the truth downsampled like the training labels
+
+
 #: Where an option is offered: ``lvtl study`` at a site only, or also the federated job.
 SITE_ONLY = "site-only"
 
@@ -60,6 +67,10 @@ class Protocol:
     val_every: int = _opt(1, "Epochs between validations.")
     downsample: int = _opt(1, "Study at this multiple of the 1 mm cache grid (demo: 2); must "
                               "match the model's training.")
+    eval_grid: EvalGrid = _opt(EvalGrid.NATIVE, "Grid of Dice and thickness when downsample > "
+                                                "1: native (the 1 mm cache grid, class "
+                                                "probabilities upsampled trilinearly; the "
+                                                "paper's) or model (the downsampled grid).")
     device: str = _opt("cpu", "Torch device: cpu, cuda, cuda:1, ...", site_only=True)
     bf16: bool = _opt(False, "bfloat16 autocast (GPU).", site_only=True)
 
@@ -70,6 +81,7 @@ class Protocol:
         set_ = object.__setattr__
         set_(self, "arms", tuple(choose(Arm, a, "arm") for a in self.arms))
         set_(self, "init", choose(Init, self.init, "init"))
+        set_(self, "eval_grid", choose(EvalGrid, self.eval_grid, "eval_grid"))
         for name in ("sizes", "crop"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(
@@ -172,5 +184,5 @@ def from_options(values: dict[str, Any], base: Protocol | None = None) -> Protoc
     return dataclasses.replace(base or Protocol(), **parsed)
 
 
-__all__ = ["Arm", "Protocol", "Option", "options", "parse_option", "parse_ints",
+__all__ = ["Arm", "EvalGrid", "Protocol", "Option", "options", "parse_option", "parse_ints",
            "from_options"]

@@ -216,6 +216,9 @@ class Run:
     thickness_r: PhaseR
     thickness_r_ci: PhaseCI
     thickness_unmeasurable: PhaseUnmeasurable
+    # the spacing (mm) of the grid Dice and thickness were measured on (the protocol's
+    # eval_grid); None in results written before it was recorded (the model's grid)
+    eval_spacing_mm: float | None = bounded(0.01, 100.0, None)
     best_epoch: int | None = count(default=None)
     val_dice: float | None = bounded(-1.0, 1.0, None)  # -loss when there is no validation
     train_seconds: float | None = bounded(0.0, 1e8, None)

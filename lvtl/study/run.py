@@ -11,6 +11,16 @@ and evaluate on the test split:
 Evaluation at each test case's labelled phases, ED being the one with the largest blood pool
 and ES the smallest: Dice per label (mean and max over cases), and the wall thickness of the
 prediction and of the truth (median, 95th percentile, max) with Pearson r across cases.
+
+The evaluation grid (:class:`~lvtl.study.protocol.EvalGrid`, the protocol's ``eval_grid``):
+when the study runs at ``downsample`` = ``f`` > 1, ``native`` (the default, what the paper
+measures) brings the predicted class probabilities back to the cache's 1 mm grid
+(:func:`lvtl.model.infer.upsample_proba`: trilinear, coarse voxel ``i`` at cache voxel
+``f * i``, the axis tails taking the last coarse voxel's values), takes the most probable class
+there and compares it with the cache's own labels; ``model`` compares the coarse prediction
+with the downsampled labels at ``f`` mm. With ``downsample`` 1 both are the same grid and
+nothing is resampled. Each run records the evaluation grid's spacing (``eval_spacing_mm``).
+
 The output is a :class:`~lvtl.study.results.SiteResults` section: numbers per run and at most
 one number per test case per field, never an image, label or weight.
 """
@@ -37,7 +47,7 @@ from lvtl.model.checkpoint import build_model, load_checkpoint_weights
 from lvtl.model.infer import predict_labels
 from lvtl.model.train import TrainConfig, init_weights, train
 from lvtl.parallel import Say
-from lvtl.study.protocol import Arm, Protocol
+from lvtl.study.protocol import Arm, EvalGrid, Protocol
 from lvtl.study.results import (
     PHASES,
     STATS,
@@ -71,32 +81,68 @@ class CaseEval:
     unmeasurable: dict = field(default_factory=dict)  # {"ED": Unmeasurable}
 
 
-def _thickness(labels: np.ndarray, spacing: float) -> dict | None:
+def _thickness(labels: np.ndarray, spacing: tuple[float, float, float]) -> dict | None:
     try:
-        r = wall_thickness(labels, (spacing,) * 3)
+        r = wall_thickness(labels, spacing)
     except ThicknessError:
         return None
     return {s: getattr(r, s) for s in STATS}
 
 
-def truth_thickness(case, spacing: float = 1.0) -> dict:
-    """Thickness statistics of the ground truth at ED and ES (None where not measurable);
-    the same for every run of a study, so computed once per test case."""
-    label = np.asarray(case.label)
+def _factor(case) -> int:
+    """How many cache voxels one voxel of the case's arrays spans per axis
+    (:func:`lvtl.data.cache.downsample`)."""
+    return int(getattr(case, "factor", 1))
+
+
+def eval_truth(case, grid: EvalGrid | str = EvalGrid.NATIVE
+               ) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The truth labels ``(t, z, y, x)`` of a case on the evaluation ``grid`` and that grid's
+    spacing (mm, ``(z, y, x)``): for ``native``, the cache's own labels at the cache spacing
+    (a downsampled case's ``native_label``); for ``model``, the case's labels at ``factor``
+    times it. The cache spacing is the case's geometry's (1 mm for an object without one)."""
+    geometry = getattr(case, "geometry", None)
+    spacing = (1.0, 1.0, 1.0) if geometry is None else tuple(float(v) for v in geometry.spacing)
+    f = _factor(case)
+    if f == 1 or EvalGrid(grid) is EvalGrid.MODEL:
+        return np.asarray(case.label), tuple(v * f for v in spacing)
+    if getattr(case, "native_label", None) is None:
+        raise ConfigError(f"{case.case_id}: downsampled without its cache grid's labels; load "
+                          "it with lvtl.data.cache.load_site_cases")
+    return np.asarray(case.native_label), spacing
+
+
+def truth_thickness(case, grid: EvalGrid | str = EvalGrid.NATIVE) -> dict:
+    """Thickness statistics of the ground truth at ED and ES on the evaluation ``grid``
+    (:func:`eval_truth`; None where not measurable); the same for every run of a study, so
+    computed once per test case."""
+    label, spacing = eval_truth(case, grid)
     return {name: _thickness(label[p], spacing) for name, p in ed_es(label, case.labelled).items()}
 
 
 def evaluate_case(model: torch.nn.Module, case, crop, device: str = "cpu",
-                  spacing: float = 1.0, truth: dict | None = None) -> CaseEval:
-    """Dice at the labelled phases and thickness at ED and ES of one test case (``truth``:
-    :func:`truth_thickness` of the case, computed here when not given)."""
-    label = np.asarray(case.label)
+                  grid: EvalGrid | str = EvalGrid.NATIVE, truth: dict | None = None) -> CaseEval:
+    """Dice at the labelled phases and thickness at ED and ES of one test case.
+
+    Args:
+        model: the network, in eval mode.
+        case: a test case at the model's grid (``case.factor`` times the cache grid).
+        crop: the inference window ``(t, z, y, x)``.
+        device: torch device.
+        grid: where to compare (:func:`eval_truth`): ``native`` upsamples a downsampled case's
+            class probabilities to the cache grid before the most probable class is taken.
+        truth: :func:`truth_thickness` of the case on ``grid``, computed here when not given.
+    """
+    label, spacing = eval_truth(case, grid)
     phases = np.flatnonzero(case.labelled).tolist()
-    pred, _ = predict_labels(model, np.asarray(case.image), crop, device, phases)
+    f = _factor(case)
+    shape = label.shape[1:] if f > 1 and EvalGrid(grid) is EvalGrid.NATIVE else None
+    pred, _ = predict_labels(model, np.asarray(case.image), crop, device, phases, factor=f,
+                             shape=shape)
     per_phase = [case_dice(pred[i], label[p]) for i, p in enumerate(phases)]
     ev = CaseEval(case.case_id, {k: float(np.mean([d[k] for d in per_phase]))
                                  for k in KEYS})
-    truth = truth_thickness(case, spacing) if truth is None else truth
+    truth = truth_thickness(case, grid) if truth is None else truth
     for name, p in ed_es(label, case.labelled).items():
         if truth[name] is None:
             ev.unmeasurable[name] = Unmeasurable.TRUTH
@@ -111,7 +157,8 @@ def evaluate_case(model: torch.nn.Module, case, crop, device: str = "cpu",
 
 def summarize_run(arm: Arm | str, size: int, evals: list[CaseEval], **extra) -> Run:
     """One run's results: Dice summaries and thickness Pearson r (with CI and n); ``extra``:
-    the training run's ``best_epoch``, ``val_dice``, ``train_seconds``."""
+    the evaluation grid's ``eval_spacing_mm`` and the training run's ``best_epoch``,
+    ``val_dice``, ``train_seconds``."""
     thickness_r, thickness_ci = {}, {}
     for phase in PHASES:
         pairs = [e.thickness[phase] for e in evals if phase in e.thickness]
@@ -157,6 +204,11 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
     if len(cases) < MIN_CASES:
         raise ConfigError(f"{site}: {len(cases)} usable case(s); the study needs at least "
                           f"{MIN_CASES} (train, validation, test)")
+    off_grid = sum(_factor(c) != protocol.downsample for c in cases)
+    if off_grid:
+        raise ConfigError(f"{site}: {off_grid} case(s) not at the protocol's grid (downsample "
+                          f"{protocol.downsample}); load them with load_site_cases(cache, "
+                          "protocol.downsample)")
     by_id = {c.case_id: c for c in cases}
     split = split_cases(sorted(by_id), seed=protocol.split_seed)
     subsets = nested_subsets(split.train, protocol.sizes, seed=protocol.split_seed)
@@ -165,14 +217,18 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
     say(f"[{site}] {len(cases)} cases: {len(split.train)} train, {len(val)} val, "
         f"{len(test)} test; sizes {sorted(subsets)}")
     runs: list[Run] = []
-    spacing = float(protocol.downsample)
-    truths = [truth_thickness(c, spacing) for c in test]
+    spacing = float(protocol.downsample)  # the model's grid (the cache grid being 1 mm)
+    grid = protocol.eval_grid
+    # the evaluation grid's spacing (a site's cases share one; the coarsest if not)
+    eval_mm = max(max(eval_truth(c, grid)[1]) for c in test)
+    say(f"[{site}] evaluation on the {grid} grid ({eval_mm:g} mm)")
+    truths = [truth_thickness(c, grid) for c in test]
 
     def evaluate(model: torch.nn.Module, arm: Arm, size: int, **extra) -> None:
         model.eval()
-        evals = [evaluate_case(model, c, protocol.crop, protocol.device, spacing, truths[i])
+        evals = [evaluate_case(model, c, protocol.crop, protocol.device, grid, truths[i])
                  for i, c in enumerate(test)]
-        run = summarize_run(arm, size, evals, **extra)
+        run = summarize_run(arm, size, evals, eval_spacing_mm=eval_mm, **extra)
         runs.append(run)
         say(f"[{site}] {arm:8s} n={size:2d}: Dice blood pool "
             f"{run.dice.blood_pool.mean:.3f}, LVM {run.dice.lvm.mean:.3f}")
@@ -207,4 +263,5 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
     return section
 
 
-__all__ = ["CaseEval", "run_study", "evaluate_case", "summarize_run", "truth_thickness"]
+__all__ = ["CaseEval", "run_study", "evaluate_case", "eval_truth", "summarize_run",
+           "truth_thickness"]

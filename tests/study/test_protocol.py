@@ -52,3 +52,20 @@ def test_job_options_build_the_protocol_it_sends(tmp_path):
     assert p == Protocol(arms=("baseline", "random"), sizes=(3,), lr_transfer=3e-4,
                          init="normal")
     assert job.JobSettings(artifact=tmp_path).env == "sim"
+
+
+def test_the_evaluation_grid_is_an_option_with_a_default_and_a_json_round_trip():
+    from lvtl.study.protocol import EvalGrid
+
+    assert Protocol().eval_grid is EvalGrid.NATIVE  # what the paper measures: the 1 mm grid
+    p = proto.from_options({"eval_grid": "model", "downsample": 2})
+    assert p.eval_grid is EvalGrid.MODEL and p.to_dict()["eval_grid"] == "model"
+    assert Protocol.from_dict(p.to_dict()) == p
+    old = Protocol().to_dict()
+    del old["eval_grid"]  # a protocol from before the option: the default
+    assert Protocol.from_dict(old).eval_grid is EvalGrid.NATIVE
+    (opt,) = [o for o in proto.options() if o.name == "eval_grid"]
+    assert opt.flag == "--eval-grid" and opt.kind is EvalGrid and opt.default is EvalGrid.NATIVE
+    assert not opt.site_only  # the coordinator's protocol chooses it for every site
+    with pytest.raises(ConfigError, match="unknown eval_grid 'nativ' .did you mean 'native'"):
+        proto.from_options({"eval_grid": "nativ"})

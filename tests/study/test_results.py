@@ -123,3 +123,19 @@ def test_every_kind_of_artifact_refusal_has_its_reason_code():
     assert len(kinds) == 4
     codes = {results.Reason(f"artifact_refused:{k.why}") for k in kinds}
     assert len(codes) == 4
+
+
+def test_the_evaluation_grid_spacing_leaves_the_site_bounded_and_old_results_still_load():
+    sec = section(eval_spacing_mm=1.0)
+    assert check_section(sec) == []
+    doc = {"schema": results.SCHEMA, "sites": {"s": sec}}
+    back = ResultsDoc.from_dict(json.loads(json.dumps(doc)))
+    assert back.sites["s"].runs[0].eval_spacing_mm == 1.0
+    assert any("eval_spacing_mm: 1000.0 outside" in p
+               for p in check_section(section(eval_spacing_mm=1000.0)))
+    assert check_section(section(eval_spacing_mm="1 mm")) != []
+    old = section()  # written before the field (and the protocol's eval_grid) existed
+    del old["runs"][0]["eval_spacing_mm"]
+    del old["protocol"]["eval_grid"]
+    back = ResultsDoc.from_dict({"schema": results.SCHEMA, "sites": {"s": old}})
+    assert back.sites["s"].runs[0].eval_spacing_mm is None
