@@ -13,10 +13,13 @@ from lvtl.cli.app import app
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder of the demo.")] = Path("demo-run"),
-    site1_cases: Annotated[int, typer.Option(help="Cases at site-1.")] = 6,
-    site2_cases: Annotated[int, typer.Option(help="Cases at site-2.")] = 8,
-    pretrain_epochs: Annotated[int, typer.Option(help="Site-1 pretraining epochs.")] = 60,
-    study_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per study run.")] = 10,
+    site1_cases: Annotated[int | None, typer.Option(
+        help="Cases at site-1 (default: the demo's scale, lvtl.demo.DemoScale).")] = None,
+    site2_cases: Annotated[int | None, typer.Option(help="Cases at site-2.")] = None,
+    pretrain_epochs: Annotated[int | None, typer.Option(
+        help="Site-1 pretraining epochs.")] = None,
+    study_epochs: Annotated[int | None, typer.Option(
+        help="Fine-tuning epochs per study run.")] = None,
     workers: Annotated[int, typer.Option(help="Parallel processes.")] = 2,
 ) -> None:
     """The whole story on this machine: synthetic sites, preprocessing, Site-1 pretraining,
@@ -24,7 +27,8 @@ def demo(
     path of report.json last."""
     from lvtl.demo import DemoScale, run_demo
 
-    scale = DemoScale(site1_cases=site1_cases, site2_cases=site2_cases,
-                      pretrain_epochs=pretrain_epochs, study_epochs=study_epochs)
+    given = {"site1_cases": site1_cases, "site2_cases": site2_cases,
+             "pretrain_epochs": pretrain_epochs, "study_epochs": study_epochs}
+    scale = DemoScale(**{k: v for k, v in given.items() if v is not None})
     report = run_demo(out, scale, workers=workers, say=typer.echo)
     typer.echo(str(report))

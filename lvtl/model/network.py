@@ -222,8 +222,8 @@ class ResBlock4d(nn.Module):
         self.norm2, self.conv2 = _norm(channels, groups), Conv4d(channels, channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv1(F.relu(self.norm1(x), inplace=True))
-        y = self.conv2(F.relu(self.norm2(y), inplace=True))
+        y = self.conv1(F.relu(self.norm1(x)))
+        y = self.conv2(F.relu(self.norm2(y)))
         return x + y
 
 
@@ -274,7 +274,7 @@ class LVNet4d(nn.Module):
             self.reduce.append(Conv4d(ch, ch // 2, 1, 1, 0))
             self.decoder.append(nn.Sequential(*[ResBlock4d(ch // 2, groups)
                                                 for _ in range(blocks_up)]))
-        self.head = nn.Sequential(_norm(f, groups), nn.ReLU(inplace=True), Conv4d(f, out_channels, 1, 1, 0))
+        self.head = nn.Sequential(_norm(f, groups), nn.ReLU(), Conv4d(f, out_channels, 1, 1, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -177,8 +177,8 @@ def generate_site(site: str, n_cases: int | None, out: str | Path, *,
                   seed: int = 0, workers: int = 1, overwrite: bool = False,
                   progress: bool = False, layout: dcm.Layout | str | None = None,
                   transfer_syntax: dcm.TransferSyntax | str | None = None,
-                  export: bool | None = None, labels: LabelOutput | str = LabelOutput.NIFTI
-                  ) -> list[tuple[str, str | None]]:
+                  export: bool | None = None, labels: LabelOutput | str = LabelOutput.NIFTI,
+                  export_cases: int | None = None) -> list[tuple[str, str | None]]:
     """Write ``n_cases`` cases of ``site`` under ``out``; returns ``(case_id, error)`` pairs.
 
     Args:
@@ -192,6 +192,9 @@ def generate_site(site: str, n_cases: int | None, out: str | Path, *,
         progress: show a progress bar.
         layout, transfer_syntax, export: the DICOM output, as :func:`write_case` takes them.
         labels: the label files' format (:class:`LabelOutput`).
+        export_cases: with an export, only the first this many cases get its extras (a CD
+            export of those exams); the others are written as their series alone (a PACS
+            query). None: every case.
     """
     prof = get_site(site)
     labels = choose(LabelOutput, labels, "label format")
@@ -201,7 +204,10 @@ def generate_site(site: str, n_cases: int | None, out: str | Path, *,
     if n < 1:
         raise ConfigError(f"--cases must be at least 1, got {n}")
     Path(out).mkdir(parents=True, exist_ok=True)
-    jobs = [(site, i, seed, size, str(out), overwrite, dicom, labels) for i in range(n)]
+    plain = (*dicom[:2], False)
+    jobs = [(site, i, seed, size, str(out), overwrite,
+             dicom if export_cases is None or i < export_cases else plain, labels)
+            for i in range(n)]
     results = map_cases(_write_one, jobs, workers=workers, desc=f"phantom {site}",
                         progress=progress)
     return results
