@@ -1,5 +1,5 @@
-"""Training-step benchmark: samples/s, peak memory, crop-loading share, and the time the paper's
-full protocol would take at that speed.
+"""Training-step benchmark: samples/s, peak memory, crop-loading share, the time the paper's
+full protocol would take at that speed, and the step against this machine's conv3d limit.
 
 Run: ``.venv/bin/python benchmarks/train.py [--cache DIR] [--steps N]`` (this machine's CPU), or
 on a GPU ``.venv/bin/python benchmarks/train.py --device cuda --bf16 --configs paper`` (the
@@ -12,6 +12,16 @@ sphere of the small phantom's size). Loading = making the crop (``lvtl.data.rand
 augmentation), measured inside the same loop. Results: stdout (markdown) and
 ``benchmarks/results/train.json`` (``train-<device>.json`` off the CPU).
 
+The limit: the step's convolution work in FLOP, computed from the network (every Conv4d
+layer's multiply-adds over the input frames that exist, x 2; the backward pass twice that —
+input and weight gradients — or once where the input needs no gradient, the first layer),
+divided by this machine's conv3d throughput measured in the same process: forward plus both
+gradients of the configuration's own level-0 convolution (T frames as the batch, f -> f
+channels, 3x3x3, the crop's size) in ``channels_last_3d`` (oneDNN's fast layout), mean of 3
+after a warm-up. ``ratio`` = step time / limit (goal: at most 1.5). ``--lvtl-src DIR``
+measures the lvtl package of another source tree (e.g. a ``git worktree`` of an older
+commit), for before/after tables.
+
 The protocol estimate counts training crops only: the paper trains 500 epochs with one crop per
 training case and epoch, for the nested sizes 5, 10, ..., 30 (105 cases in all) in the random
 and the transfer arm, i.e. 500 x 105 x 2 = 105,000 crops at Site 2; validation and test
@@ -22,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
 import subprocess
 import sys
@@ -38,6 +50,56 @@ CONFIGS = {
     "paper-small-crop": {"filters": 8, "blocks": [1, 2, 4], "crop": [8, 32, 48, 48]},
     "paper": {"filters": 8, "blocks": [1, 2, 4], "crop": [16, 64, 96, 96]},
 }
+
+
+def conv_flops(model, crop: tuple[int, ...]) -> float:
+    """FLOP of one training step's convolutions (see the module docstring), from the layers'
+    shapes seen in one forward pass of a ``crop`` input (any lvtl version's Conv4d)."""
+    import torch
+
+    total = [0.0]
+
+    def count(mod, args, _out):
+        x = args[0]
+        n, cin, t = x.shape[:3]
+        kt, st, pt = mod.kernel_size[0], mod.stride[0], mod.padding[0]
+        t_out, d, h, w = mod.output_shape(*x.shape[2:])
+        pairs = sum(1 for t_o in range(t_out) for k in range(kt) if 0 <= t_o * st + k - pt < t)
+        fwd = 2.0 * n * pairs * mod.out_channels * cin * math.prod(mod.kernel_size[1:]) * d * h * w
+        total[0] += fwd * (3 if x.requires_grad else 2)
+
+    # the stem's input needs no gradient; every later layer's input does (it depends on the
+    # weights)
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if type(m).__name__ == "Conv4d"]
+    model(torch.zeros(1, 1, *crop)).sum()
+    for hk in hooks:
+        hk.remove()
+    return total[0]
+
+
+def conv3d_throughput(filters: int, crop: tuple[int, ...], repeats: int = 3) -> float:
+    """FLOP/s of conv3d forward + input and weight gradients at the level-0 convolution's
+    shape, channels_last_3d (this process's threads)."""
+    import torch
+    import torch.nn.functional as F
+
+    t, d, h, w = crop
+    cl = torch.channels_last_3d
+    x = torch.randn(t, filters, d, h, w).contiguous(memory_format=cl).requires_grad_()
+    wt = torch.randn(filters, filters, 3, 3, 3, requires_grad=True)
+    g = torch.randn(t, filters, d, h, w).contiguous(memory_format=cl)
+
+    def once():
+        x.grad = wt.grad = None
+        F.conv3d(x, wt, None, 1, 1).backward(g)
+
+    once()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    seconds = (time.perf_counter() - t0) / repeats
+    return 3 * 2.0 * t * filters * filters * 27 * d * h * w / seconds
 
 
 def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: bool = False,
@@ -95,6 +157,11 @@ def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: 
            "steps": steps, "threads": torch.get_num_threads(),
            "seconds_per_step": total / steps, "samples_per_s": steps / total,
            "loading_share": load / total, "peak_rss_mib": peak}
+    flops = conv_flops(model, tuple(cfg["crop"]))
+    throughput = conv3d_throughput(cfg["filters"], tuple(cfg["crop"]))
+    row.update(step_gflop=flops / 1e9, conv3d_gflops=throughput / 1e9,
+               limit_seconds=flops / throughput,
+               ratio=(total / steps) / (flops / throughput))
     if name == "paper":  # the paper's network and crop
         row["paper_protocol_hours"] = PAPER_PROTOCOL_CROPS * total / steps / 3600
     if dev.type == "cuda":
@@ -111,6 +178,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--lvtl-src", help="measure the lvtl package in this source tree")
+    ap.add_argument("--tag", default="", help="suffix of the results file (e.g. -before)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -125,25 +194,45 @@ def main() -> None:
                "--device", args.device] + ["--bf16"] * args.bf16 + ["--compile"] * args.compile
         if args.cache:
             cmd += ["--cache", args.cache]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if args.lvtl_src:
+            env["PYTHONPATH"] = str(Path(args.lvtl_src).resolve())
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(f"{name}: the benchmark worker failed:\n{out.stderr.strip()[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "train.json" if on_cpu else f"train-{args.device.replace(':', '')}.json"
+    name = ("train" if on_cpu else f"train-{args.device.replace(':', '')}") + args.tag + ".json"
     (RESULTS / name).write_text(json.dumps(
         {"benchmark": "train", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-         "cache": args.cache, "device": args.device, "rows": rows}, indent=1) + "\n")
+         "cache": args.cache, "device": args.device, "lvtl": lvtl_version(args.lvtl_src),
+         "rows": rows}, indent=1) + "\n")
     print("| config | filters / blocks | crop (t, z, y, x) | device | s / step | samples / s | "
-          "loading share | peak RSS MiB | peak GPU MiB | paper protocol h |\n"
-          "|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+          "loading share | peak RSS MiB | peak GPU MiB | paper protocol h | step GFLOP | "
+          "conv3d GFLOP/s | limit s | step / limit |\n"
+          "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         gpu = f"{r['peak_gpu_mib']:.0f}" if "peak_gpu_mib" in r else "-"
         hours = f"{r['paper_protocol_hours']:.1f}" if "paper_protocol_hours" in r else "-"
         dev = r["device"] + (" bf16" if r["bf16"] else "") + (" compiled" if r["compile"] else "")
         print(f"| {r['config']} | {r['filters']} / {r['blocks']} | {r['crop']} | {dev} | "
               f"{r['seconds_per_step']:.2f} | {r['samples_per_s']:.2f} | "
-              f"{100 * r['loading_share']:.1f}% | {r['peak_rss_mib']:.0f} | {gpu} | {hours} |")
+              f"{100 * r['loading_share']:.1f}% | {r['peak_rss_mib']:.0f} | {gpu} | {hours} | "
+              f"{r['step_gflop']:.1f} | {r['conv3d_gflops']:.1f} | {r['limit_seconds']:.3f} | "
+              f"{r['ratio']:.2f} |")
+
+
+def lvtl_version(src: str | None) -> dict:
+    """Which lvtl was measured: the source tree and its git commit (and whether it has
+    uncommitted changes)."""
+    root = Path(src).resolve() if src else REPO
+
+    def git(*a):
+        out = subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    return {"source": str(root), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--", "lvtl"))}
 
 
 if __name__ == "__main__":
