@@ -118,6 +118,32 @@ SITES: dict[str, SiteProfile] = {
             "paper": Acquisition(512, (0.50, 0.50), 0.7, (146, 249), 0.75),
         },
     ),
+    # A third receiving hospital for the federated arm (issue 17): another vendor, a newer
+    # scanner with low noise and a sharper kernel, a biphasic injection that leaves the right
+    # ventricle half opacified (between site 1 and site 2), and labels at ED and ES only.
+    "site-3": SiteProfile(
+        name="site-3",
+        default_cases=40,
+        dense_labels=False,
+        manufacturer="GE MEDICAL SYSTEMS",
+        model="Revolution CT",
+        kernel="STANDARD",
+        kvp=100.0,
+        patient_position="HFS",
+        blood_hu=(420.0, 520.0),
+        myo_hu=(110.0, 160.0),
+        rv_ratio=(0.55, 0.75),
+        noise_hu=(12.0, 18.0),
+        blur_mm=(0.5, 0.7),
+        slice_blur_mm=0.4,
+        rescale_intercept=-1024.0,
+        sizes={
+            "small": Acquisition(104, (1.25, 1.35), 1.25, (80, 88), 1.25),
+            "paper": Acquisition(512, (0.35, 0.42), 0.625, (180, 260), 0.625),
+        },
+        layout="one-series",
+        transfer_syntax="jpeg-lossless",
+    ),
 }
 
 

@@ -13,7 +13,7 @@ from lvtl.synth.case import Case
 from lvtl.synth.heart import contraction
 from lvtl.synth.profiles import N_PHASES, SITES, draw_case
 
-CASES = [(site, i) for site in ("site-1", "site-2") for i in range(3)]
+CASES = [(site, i) for site in SITES for i in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_ct_intensities_and_noise(ed_es):
     assert img.min() < -700  # lung and air are in the field of view
 
 
-@pytest.mark.parametrize("site", ["site-1", "site-2"])
+@pytest.mark.parametrize("site", list(SITES))
 def test_right_ventricle_follows_the_site_contrast_protocol(ed_es, site):
     """Site 1's saline chaser leaves the RV faint, site 2's contrast-saline mix keeps it
     bright: the RV blood in the image has the site's share of the LV blood's HU."""
@@ -145,13 +145,26 @@ def test_site_profiles_differ_like_two_hospitals():
     assert paper.slices == (146, 249)
 
 
-@pytest.mark.parametrize("site", ["site-1", "site-2"])
+def test_the_third_site_is_a_third_kind_of_hospital():
+    """Site 3 (the federated arm's third receiving site) differs from both others in vendor
+    and scanner, and its contrast protocol lies between theirs: three non-IID sites."""
+    s1, s2, s3 = (SITES[f"site-{k}"] for k in (1, 2, 3))
+    assert s3.manufacturer not in {s1.manufacturer, s2.manufacturer}
+    assert s1.rv_ratio[1] < s3.rv_ratio[0] and s3.rv_ratio[1] < s2.rv_ratio[0]
+    assert s3.noise_hu[1] < s1.noise_hu[0]  # the lowest noise of the three
+    assert s3.blood_hu[0] > s2.blood_hu[1]
+    assert not s3.dense_labels and s3.transfer_syntax == "jpeg-lossless"
+    grids = {s.name: s.sizes["small"] for s in (s1, s2, s3)}
+    assert len({(g.matrix, g.slice_mm) for g in grids.values()}) == 3
+
+
+@pytest.mark.parametrize("site", list(SITES))
 def test_labelled_phases(site):
     for i in range(6):
         case = Case(draw_case(site, i))
         lp, ed, es = case.labelled_phases, case.p.ed, case.p.es
         assert ed in lp and es in lp
-        if site == "site-2":
+        if not SITES[site].dense_labels:
             assert lp == sorted({ed, es})
         else:
             assert set(lp) >= {(ed + 2 * k) % N_PHASES for k in range(10)}

@@ -25,8 +25,9 @@ def tiny_case():
 @pytest.mark.parametrize("name", sorted(SITES))
 def test_profiles_keep_todays_output_and_name_real_choices(name):
     prof = SITES[name]
-    assert dicom_options(prof, None, None, None) == (Layout.ONE_SERIES,
-                                                     TransferSyntax.EXPLICIT, False)
+    # sites 1 and 2 keep the output they always had; site 3 exports JPEG Lossless
+    syntax = TransferSyntax.JPEG_LOSSLESS if name == "site-3" else TransferSyntax.EXPLICIT
+    assert dicom_options(prof, None, None, None) == (Layout.ONE_SERIES, syntax, False)
     assert dicom_options(prof, "enhanced", "rle", True) == (Layout.ENHANCED,
                                                              TransferSyntax.RLE, True)
 
