@@ -291,9 +291,17 @@ def _plateau_line(p: dict) -> str:
             "cases)")
 
 
+def _grid_text(sec: SiteResults) -> str:
+    """The grid the site measured on, from its runs (older results do not say)."""
+    grids = sorted({r.eval_spacing_mm for r in sec.runs if r.eval_spacing_mm is not None})
+    if not grids:
+        return ""
+    return f" Dice and thickness measured on the {' / '.join(f'{g:g}' for g in grids)} mm grid."
+
+
 def _site_markdown(sec: SiteResults, ps: dict) -> list[str]:
-    lines = [f"{sec.n_test} test cases. Verdicts from the paired per-case differences of mean "
-             "Dice and their 95% t-intervals:", ""]
+    lines = [f"{sec.n_test} test cases.{_grid_text(sec)} Verdicts from the paired per-case "
+             "differences of mean Dice and their 95% t-intervals:", ""]
     lines += [_verdict_line(c) for c in ps["comparisons"]]
     if ps["transfer_plateau"] is not None:
         lines.append(_plateau_line(ps["transfer_plateau"]))

@@ -229,3 +229,15 @@ def test_the_plot_draws_a_site_with_one_test_case_without_intervals():
     d = doc(s=[run("baseline", 0, [0.7]), run("transfer", 5, [0.85])])
     (ax,) = report._figure(summarize(d)).axes
     assert len(ax.patches) == 0 and "n=1" in ax.get_title()  # no band: no interval
+
+
+def test_the_site_section_says_which_grid_it_was_measured_on():
+    native = summarize_run("baseline", 0, [CaseEval(f"c{i}", {"blood_pool": 0.7, "lvm": 0.7}, {})
+                                           for i in range(3)], eval_spacing_mm=1.0)
+    older = run("baseline", 0, [0.7] * 3)  # results written before the grid was recorded
+    for runs, want in (([native], "measured on the 1 mm grid"), ([older], None)):
+        d = doc(s=runs)
+        first = render_markdown(d, summarize(d)).split("## s", 1)[1].splitlines()[2]
+        assert ("measured on the" in first) == (want is not None)
+        if want:
+            assert want in first
