@@ -70,8 +70,11 @@ def _empty_cl(n: int, t: int, c: int, d: int, h: int, w: int, like: torch.Tensor
 
 
 def _mkldnn(x: torch.Tensor) -> bool:
+    """Whether to call oneDNN directly: CPU float32 in eager mode (under ``torch.compile``
+    the graph's own convolution lowering decides; the direct op has no fake-tensor kernel)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.compiler.is_compiling())
 
 
 def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

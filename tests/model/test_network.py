@@ -154,3 +154,20 @@ def test_paper_configuration_has_the_papers_widths():
     assert [len(e) for e in net.encoder] == [1, 2, 4]
     assert [e[0].conv1.out_channels for e in net.encoder] == [8, 16, 32]
     assert net.down[1].stride == (2, 2, 2, 2)
+
+
+def test_conv4d_under_torch_compile_equals_eager():
+    """TrainConfig.compile on the CPU: the compiled graph does not call oneDNN directly (that
+    op has no fake-tensor kernel) and gives the eager values and gradients."""
+    torch.manual_seed(3)
+    conv = Conv4d(2, 3, 3, 1, 1)
+    x = torch.randn(1, 2, 3, 4, 5, 4, requires_grad=True)
+    eager = conv(x)
+    eager.square().sum().backward()
+    grads = x.grad.clone(), conv.weight.grad.clone()
+    x.grad = conv.weight.grad = None
+    compiled = torch.compile(conv)(x)
+    compiled.square().sum().backward()
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    assert torch.allclose(x.grad, grads[0], atol=1e-4)
+    assert torch.allclose(conv.weight.grad, grads[1], atol=1e-4)
