@@ -389,6 +389,7 @@ def child_plain(args: argparse.Namespace) -> dict:
 def child_lvtl(args: argparse.Namespace) -> dict:
     import numpy as np
 
+    from lvtl.artifact import sha256_file
     from lvtl.data.cache import load_cached
     from lvtl.data.preprocess import PreprocessConfig, preprocess_case
 
@@ -415,19 +416,9 @@ def child_lvtl(args: argparse.Namespace) -> dict:
             "output_bytes": int(cache.image.nbytes + cache.label.nbytes),
             "labelled_phases": res.labelled, "hu_range": cache.meta["hu_range"],
             "skipped_files": cache.meta.get("skipped_files"),
-            "image_sha256": _sha256(res.cache, "image.npy"),
-            "label_sha256": _sha256(res.cache, "label.npy"),
+            "image_sha256": sha256_file(Path(res.cache) / "image.npy")[0],
+            "label_sha256": sha256_file(Path(res.cache) / "label.npy")[0],
             "output_mean_hu": float(np.mean(cache.image[0], dtype=np.float64))}
-
-
-def _sha256(folder: str, name: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(Path(folder) / name, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def child_list_series(args: argparse.Namespace) -> dict:
@@ -847,6 +838,17 @@ def _provenance(results: dict) -> str:
             f"{what}.")
 
 
+def _same_cache(runs: dict, how: str) -> list[str]:
+    """The line saying whether the ``how`` (threaded, parallel) and the serial lvtl runs
+    wrote the same cache; none without a serial run."""
+    if "lvtl-serial" not in runs:
+        return []
+    one, many = runs["lvtl-serial"], runs["lvtl"]
+    same = all(one[k] == many[k] for k in ("image_sha256", "label_sha256"))
+    return [f"Cache of the {how} and the serial run identical (sha256 of image.npy and "
+            f"label.npy): {'yes' if same else 'NO'}."]
+
+
 def markdown_uncompressed(results: dict) -> str:
     r = results["runs"]
     lv, mo, pl = r["lvtl"], r["monai"], r["plain"]
@@ -899,12 +901,7 @@ def markdown_uncompressed(results: dict) -> str:
         f"output {mo['output_shape']}. lvtl output {lv['output_shape']} int16 "
         f"(plus uint8 labels; labelled phases {lv['labelled_phases']}).",
     ]
-    if "lvtl-serial" in r:
-        w1 = r["lvtl-serial"]
-        same = (w1["image_sha256"] == lv["image_sha256"]
-                and w1["label_sha256"] == lv["label_sha256"])
-        lines.append(f"Cache of the threaded and the serial run identical (sha256 of "
-                     f"image.npy and label.npy): {'yes' if same else 'NO'}.")
+    lines += _same_cache(r, "threaded")
     lines += _profile_md(results.get("profile"), "one process")
     return "\n".join(lines)
 
@@ -981,11 +978,7 @@ def markdown_export(results: dict) -> str:
         f"{lv['output_shape']} int16 (plus uint8 labels; labelled phases "
         f"{lv['labelled_phases']}); skipped {lv.get('skipped_files')}.",
     ]
-    if "lvtl-serial" in r:
-        same = (r["lvtl-serial"]["image_sha256"] == lv["image_sha256"]
-                and r["lvtl-serial"]["label_sha256"] == lv["label_sha256"])
-        lines.append(f"Cache of the parallel and the serial run identical (sha256 of image.npy "
-                     f"and label.npy): {'yes' if same else 'NO'}.")
+    lines += _same_cache(r, "parallel")
     lines += _profile_md(results.get("profile"), "LVTL_DECODE_WORKERS=1")
     return "\n".join(lines)
 
