@@ -54,19 +54,23 @@ def _spans(kt: int, stride: int, pad: int, t_in: int, t_out: int
     return sorted(out, key=lambda s: s[2] - s[1] != t_out)
 
 
+def _frames(first: int, count: int, stride: int) -> slice:
+    """The time index of ``count`` frames from ``first`` every ``stride``."""
+    return slice(first, first + stride * (count - 1) + 1, stride)
+
+
 def _folded(xt: torch.Tensor, first: int, count: int, stride: int) -> torch.Tensor:
     """``count`` frames of ``xt`` ``(N, T, C, D, H, W)`` from ``first`` every ``stride``,
     folded into the batch as a ``channels_last_3d`` tensor (a view when they are adjacent)."""
-    frames = xt[:, first: first + stride * (count - 1) + 1: stride]
+    frames = xt[:, _frames(first, count, stride)]
     folded = frames.reshape(frames.shape[0] * count, *frames.shape[2:])
     return folded.contiguous(memory_format=torch.channels_last_3d)
 
 
-def _empty_cl(n: int, t: int, c: int, d: int, h: int, w: int, like: torch.Tensor,
-              zero: bool) -> torch.Tensor:
-    """A new ``(N, T, C, D, H, W)`` view of channels-last 4D memory."""
-    make = like.new_zeros if zero else like.new_empty
-    return make(n, t, d, h, w, c).permute(0, 1, 5, 2, 3, 4)
+def _zeros_cl(n: int, t: int, c: int, d: int, h: int, w: int, like: torch.Tensor
+              ) -> torch.Tensor:
+    """Zeros as an ``(N, T, C, D, H, W)`` view of channels-last 4D memory."""
+    return like.new_zeros(n, t, d, h, w, c).permute(0, 1, 5, 2, 3, 4)
 
 
 def _mkldnn(x: torch.Tensor) -> bool:
@@ -111,7 +115,7 @@ class _Conv4dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
-        n, cin, t_in = x.shape[:3]
+        n, t_in = x.shape[0], x.shape[2]
         kt, st, pt = weight.shape[2], stride[0], padding[0]
         t_out = (t_in + 2 * pt - kt) // st + 1
         xt = channels_last_4d(x).permute(0, 2, 1, 3, 4, 5)  # (N, T, C, D, H, W), a view
@@ -126,7 +130,7 @@ class _Conv4dFunction(torch.autograd.Function):
                 out = y
                 continue
             if out is None:  # no offset reaches every output frame (a tiny input)
-                out = _empty_cl(n, t_out, *y.shape[2:], like=y, zero=True)
+                out = _zeros_cl(n, t_out, *y.shape[2:], like=y)
                 if bias is not None:
                     out += bias.view(1, 1, -1, 1, 1, 1)
             out[:, lo:hi] += y
@@ -139,10 +143,10 @@ class _Conv4dFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, spans, has_bias = ctx.conv
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        n, t_out = grad.shape[0], grad.shape[2]
+        n = grad.shape[0]
         gt = channels_last_4d(grad).permute(0, 2, 1, 3, 4, 5)  # (N, T', C_out, D', H', W')
         xt = channels_last_4d(x).permute(0, 2, 1, 3, 4, 5)
-        gx = _empty_cl(*xt.shape, like=x, zero=True) if need_x else None
+        gx = _zeros_cl(*xt.shape, like=x) if need_x else None
         gw = torch.zeros_like(weight) if need_w else None
         for k, lo, hi, first in spans:
             go = gt[:, lo:hi].reshape(n * (hi - lo), *gt.shape[2:])
@@ -150,8 +154,8 @@ class _Conv4dFunction(torch.autograd.Function):
                                        _folded(xt, first, hi - lo, stride[0]), weight[:, :, k],
                                        stride[1:], padding[1:], (need_x, need_w))
             if need_x:
-                gx[:, first: first + stride[0] * (hi - lo - 1) + 1: stride[0]] += \
-                    gi.reshape(n, hi - lo, *gi.shape[1:])
+                gx[:, _frames(first, hi - lo, stride[0])] += gi.reshape(n, hi - lo,
+                                                                        *gi.shape[1:])
             if need_w:
                 gw[:, :, k] = gwk
         gb = grad.sum(dim=(0, 2, 3, 4, 5)) if need_b and has_bias else None
