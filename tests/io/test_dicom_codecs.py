@@ -9,8 +9,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (CTImageStorage, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
-                         generate_uid)
+from pydicom.uid import CTImageStorage, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, generate_uid
 
 from lvtl.errors import DicomError
 from lvtl.io import dicom_pixels as dp
@@ -75,7 +74,7 @@ def test_jpeg_ls_multiframe_reads_only_the_frames_asked(tmp_path):
     path = tmp_path / "m.dcm"
     coding = _write(path, streams, JPEGLSLossless, 16, True, 5)
     got = list(dp.iter_frames(path, coding, [3, 1, 3]))
-    assert [np.array_equal(g, stored[k]) for g, k in zip(got, [3, 1, 3])] == [True] * 3
+    assert [np.array_equal(g, stored[k]) for g, k in zip(got, [3, 1, 3], strict=True)] == [True] * 3
     gdcm = pydicom.pixels.pixel_array(path, decoding_plugin="gdcm")
     assert np.array_equal(np.stack(got), gdcm[[3, 1, 3]])
 
