@@ -28,6 +28,26 @@ class SiteRole(StrEnum):
     PARTICIPANT = "participant"
 
 
+class UpdateFilter(StrEnum):
+    """The NVFlare privacy filter a site puts on its fed-transfer weight updates (its own
+    choice, reported with its results); its settings are ``[federation] filter_args``."""
+
+    NONE = "none"
+    PERCENTILE = "percentile"  # NVFlare PercentilePrivacy: only the largest |diffs|, clipped
+    SVT = "svt"  # NVFlare SVTPrivacy: sparse vector technique (differential privacy)
+    EXCLUDE_VARS = "exclude_vars"  # NVFlare ExcludeVars: named layers never leave
+
+
+@dataclass(frozen=True)
+class Federation:
+    """``[federation]``: whether this site's model weight updates may leave it (the
+    fed-transfer arm; off unless the site turns it on) and through which privacy filter."""
+
+    allow_weight_sharing: bool = False
+    update_filter: UpdateFilter = UpdateFilter.NONE
+    filter_args: tuple[tuple[str, object], ...] = ()  # the filter's settings, by name
+
+
 @dataclass(frozen=True)
 class SiteConfig:
     """One site's settings."""
@@ -41,7 +61,11 @@ class SiteConfig:
     revoked_keys: tuple[str, ...] = ()
     min_artifact_version: str | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    federation: Federation = field(default_factory=Federation)
     source: Path | None = None
+
+
+SECTIONS = ("site", "data", "preprocess", "trust", "federation")
 
 
 def _section(doc: dict, name: str, allowed: set[str], path: Path) -> dict:
@@ -73,16 +97,19 @@ def load_site_config(path: str | Path) -> SiteConfig:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    unknown = sorted(set(doc) - {"site", "data", "preprocess", "trust"})
+    unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown section [{unknown[0]}]; "
-                          "allowed: site, data, preprocess, trust")
+                          f"allowed: {', '.join(SECTIONS)}")
     base = path.parent
     site = _section(doc, "site", {"name", "role", "split_seed"}, path)
     data = _section(doc, "data", {"root", "cache"}, path)
     pre_keys = {f.name for f in fields(PreprocessConfig)}
     pre = _section(doc, "preprocess", pre_keys, path)
     trust = _section(doc, "trust", {"keys", "revoked", "min_version"}, path)
+    federation = _federation(_section(doc, "federation", {"allow_weight_sharing",
+                                                          "update_filter", "filter_args"}, path),
+                             path)
     name = site.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: [site] name is required")
@@ -127,8 +154,28 @@ def load_site_config(path: str | Path) -> SiteConfig:
         revoked_keys=tuple(revoked),
         min_artifact_version=min_version,
         preprocess=pre_cfg,
+        federation=federation,
         source=path,
     )
+
+
+def _federation(sec: dict, path: Path) -> Federation:
+    allow = sec.get("allow_weight_sharing", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"{path}: [federation] allow_weight_sharing must be true or false")
+    try:
+        kind = choose(UpdateFilter, sec.get("update_filter", UpdateFilter.NONE), "update_filter")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: [federation] {e}") from None
+    args = sec.get("filter_args", {})
+    if not isinstance(args, dict) or not all(
+            isinstance(v, (int, float, str, bool)) for v in args.values()):
+        raise ConfigError(f"{path}: [federation] filter_args must be a table of numbers, text "
+                          "or true/false (the filter's settings by name)")
+    if args and kind is UpdateFilter.NONE:
+        raise ConfigError(f"{path}: [federation] filter_args given without an update_filter")
+    return Federation(allow_weight_sharing=allow, update_filter=kind,
+                      filter_args=tuple(sorted(args.items())))
 
 
 def trust_store(keys: Path | None = None, revoked: Iterable[str] = (),

@@ -27,10 +27,22 @@ class Arm(StrEnum):
     BASELINE = "baseline"  # the Site-1 model as shipped, no fine-tuning (train size 0)
     RANDOM = "random"  # the same architecture from random initialisation
     TRANSFER = "transfer"  # initialised from the Site-1 model, then fine-tuned
+    # initialised from the Site-1 model, fine-tuned by FedAvg across the receiving sites
+    # (federated job only: each site's weight updates leave it, where it opts in)
+    FED_TRANSFER = "fed-transfer"
 
     @property
     def trains(self) -> bool:
         return self is not Arm.BASELINE
+
+    @property
+    def local(self) -> bool:
+        """Run by a site on its own (every arm but ``fed-transfer``)."""
+        return self is not Arm.FED_TRANSFER
+
+
+#: The arms a study runs unless told otherwise (the paper's three, all local).
+LOCAL_ARMS = (Arm.BASELINE, Arm.RANDOM, Arm.TRANSFER)
 
 
 class EvalGrid(StrEnum):
@@ -52,7 +64,8 @@ def _opt(default: Any, help: str, *, site_only: bool = False) -> Any:  # noqa: A
 class Protocol:
     """What a site runs: arms, nested training sizes, the training schedule and the grid."""
 
-    arms: tuple[Arm, ...] = _opt(tuple(Arm), "Arms, comma-separated: baseline,random,transfer.")
+    arms: tuple[Arm, ...] = _opt(LOCAL_ARMS, "Arms, comma-separated: baseline,random,transfer "
+                                             "and, in the federated job, fed-transfer.")
     sizes: tuple[int, ...] = _opt(PAPER_SIZES, "Nested training sizes, comma-separated.")
     epochs: int = _opt(500, "Epochs per training run (the paper: 500).")
     samples_per_epoch: int = _opt(0, "Crops per epoch (0: one per training case).")
@@ -71,6 +84,11 @@ class Protocol:
                                                 "1: native (the 1 mm cache grid, class "
                                                 "probabilities upsampled trilinearly; the "
                                                 "paper's) or model (the downsampled grid).")
+    fed_rounds: int = _opt(8, "fed-transfer: FedAvg rounds; each round every site trains "
+                               "epochs/fed_rounds epochs (so epochs x crops per epoch local "
+                               "steps in all, as the local transfer arm); epochs must be a "
+                               "multiple.")
+    fed_mu: float = _opt(0.0, "fed-transfer: FedProx proximal weight mu (0: plain FedAvg).")
     device: str = _opt("cpu", "Torch device: cpu, cuda, cuda:1, ...", site_only=True)
     bf16: bool = _opt(False, "bfloat16 autocast (GPU).", site_only=True)
 
@@ -95,12 +113,23 @@ class Protocol:
         for name in ("lr_random", "lr_transfer"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "val_every", "downsample"):
+        if not self.fed_mu >= 0:
+            raise ConfigError(f"fed_mu must be at least 0, got {self.fed_mu}")
+        for name in ("epochs", "val_every", "downsample", "fed_rounds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if Arm.FED_TRANSFER in self.arms and self.epochs % self.fed_rounds:
+            raise ConfigError(f"fed-transfer: epochs ({self.epochs}) must be a multiple of "
+                              f"fed_rounds ({self.fed_rounds}), so that every round trains "
+                              "the same number of epochs")
 
     def lr(self, arm: Arm) -> float:
-        return self.lr_transfer if arm is Arm.TRANSFER else self.lr_random
+        return self.lr_random if arm is Arm.RANDOM else self.lr_transfer
+
+    @property
+    def fed_epochs(self) -> int:
+        """Epochs each site trains in one fed-transfer round."""
+        return self.epochs // self.fed_rounds
 
     @classmethod
     def from_dict(cls, d: dict) -> Protocol:
@@ -184,5 +213,5 @@ def from_options(values: dict[str, Any], base: Protocol | None = None) -> Protoc
     return dataclasses.replace(base or Protocol(), **parsed)
 
 
-__all__ = ["Arm", "EvalGrid", "Protocol", "Option", "options", "parse_option", "parse_ints",
+__all__ = ["Arm", "LOCAL_ARMS", "EvalGrid", "Protocol", "Option", "options", "parse_option", "parse_ints",
            "from_options"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Union
 
-from lvtl.config import SiteRole
+from lvtl.config import SiteRole, UpdateFilter
 from lvtl.data.splits import ED_ES
 from lvtl.errors import ConfigError
 from lvtl.labels import KEYS
@@ -259,6 +259,10 @@ class SiteResults:
     seconds: float | None = bounded(0.0, 1e8, None)
     protocol: Protocol | None = None
     artifact: ArtifactInfo | None = None
+    # the site's own fed-transfer settings (its config's [federation]): whether its weight
+    # updates may leave it, and the NVFlare privacy filter they leave through
+    weight_sharing: bool | None = None
+    update_filter: UpdateFilter | None = None
 
     @classmethod
     def pending(cls) -> SiteResults:
@@ -276,6 +280,62 @@ class SiteResults:
         return from_dict(cls, d, "site")
 
 
+# --------------------------------------------------------------------------- the federation
+class FedEventKind(StrEnum):
+    """What happened to a site in a fed-transfer run (the server's record)."""
+
+    OPTED_OUT = "opted_out"  # its config does not allow weight sharing: never sent weights
+    TOO_FEW_CASES = "too_few_cases"  # fewer training cases than the size: skipped for it
+    REFUSED = "refused"  # refused the task (artifact, configuration, protocol): see reason
+    REJECTED = "update_rejected"  # names, shapes or values wrong: not aggregated, left out after
+    DROPPED = "dropped"  # no update (failed, died or lost): left out of later rounds
+
+
+FED_EVENT_TEXT = {
+    FedEventKind.OPTED_OUT: "opted out (its config does not allow weight sharing)",
+    FedEventKind.TOO_FEW_CASES: "skipped: fewer training cases than the size",
+    FedEventKind.REFUSED: "refused the task",
+    FedEventKind.REJECTED: "update rejected at aggregation; left out of later rounds",
+    FedEventKind.DROPPED: "dropped out (no update); left out of later rounds",
+}
+
+
+@dataclass
+class FedEvent:
+    """One site's exclusion from a fed-transfer run, from the round it happened in."""
+
+    site: str
+    round: int = count()
+    kind: FedEventKind = FedEventKind.DROPPED
+    reason: Reason = Reason.NONE  # a refusal's code
+    detail: str = ""  # what the server found wrong with a rejected update
+
+
+@dataclass
+class FedRun:
+    """The fed-transfer run of one training size (the server's record)."""
+
+    size: int = count()
+    rounds: int = count()  # planned
+    completed: int = count(default=0)  # aggregated rounds
+    sites: list[str] = field(default_factory=list)  # whose updates made the last round
+    events: list[FedEvent] = field(default_factory=list)
+    resumed_from: int | None = count(default=None)  # the first round this job ran, if resumed
+    update_bytes: list[int] = field(default_factory=list)  # per round: model update bytes in
+    param_bytes: int | None = count(hi=10**12, default=None)  # the model's parameters, bytes
+    round_seconds: list[float] = field(default_factory=list)  # per round run in this job
+
+
+@dataclass
+class FedStudy:
+    """The fed-transfer arm as the server ran it: FedAvg (NVFlare) per training size."""
+
+    rounds: int = count()
+    epochs_per_round: int = count()
+    mu: float = 0.0  # FedProx proximal weight (0: plain FedAvg)
+    runs: list[FedRun] = field(default_factory=list)
+
+
 @dataclass
 class ResultsDoc:
     """A results file (one site) or the coordinator's report (every site)."""
@@ -283,6 +343,7 @@ class ResultsDoc:
     sites: dict[str, SiteResults]
     schema: str = SCHEMA
     protocol: Protocol | None = None
+    federation: FedStudy | None = None  # the server's record of the fed-transfer arm
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -372,4 +433,5 @@ __all__ = ["SCHEMA", "MAX_TEXT", "MAX_ITEMS", "STATS", "PHASES", "Status", "Unme
            "PhaseR", "PhaseCI", "UnmeasurableCount", "PhaseUnmeasurable", "Run", "SplitSizes",
            "ArtifactInfo", "SiteResults", "ResultsDoc", "to_dict", "from_dict", "hints",
            "optional", "per_case", "bounded", "unit", "correlation", "count", "NoR", "Reason",
-           "REASON_TEXT", "MAX_TEST_CASES", "MAX_COUNT"]
+           "REASON_TEXT", "MAX_TEST_CASES", "MAX_COUNT", "FedEventKind", "FED_EVENT_TEXT",
+           "FedEvent", "FedRun", "FedStudy"]
