@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -155,6 +156,73 @@ def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m: torc
     return masked_dice_loss(logits.float(), y, m)
 
 
+def _epoch(step_model: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,
+           usable: list, cfg: TrainConfig, epoch: int, last_path: Path,
+           prox: Proximal | None = None) -> tuple[float, float, float]:
+    """One epoch of training steps (crops drawn from the epoch's own generator, so a resumed
+    or split-up run draws the same); returns the mean loss and the seconds spent making
+    crops and in all. ``prox`` adds FedProx's proximal term to each step's loss."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    torch.manual_seed(cfg.seed * 100003 + epoch)
+    device = torch.device(cfg.device)
+    model.train()
+    losses, t_load, t_total = [], 0.0, 0.0
+    steps = max(1, (cfg.samples_per_epoch or len(usable)) // cfg.batch_size)
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        x, y, m = _batch(usable, cfg, rng)
+        t1 = time.perf_counter()
+        x, y, m = x.to(device), y.to(device), m.to(device)
+        try:
+            loss = batch_loss(step_model, x, y, m, cfg.bf16)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise TrainError(f"epoch {epoch + 1}: the loss is {value}; stopped. "
+                                 f"The last good checkpoint is {last_path}")
+            if prox is not None:
+                loss = loss + prox.term(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        except torch.OutOfMemoryError:
+            raise TrainError(f"out of memory at crop {tuple(cfg.crop)} with batch "
+                             f"{cfg.batch_size}: choose a smaller crop or batch") from None
+        losses.append(value)
+        t_load += t1 - t0
+        t_total += time.perf_counter() - t0
+    return float(np.mean(losses)), t_load, t_total
+
+
+@dataclass
+class Proximal:
+    """FedProx's proximal term ``mu / 2 * ||w - w_anchor||^2`` over the model's parameters,
+    the anchor being the round's global model."""
+
+    mu: float
+    anchor: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, mu: float) -> Proximal | None:
+        if not mu:
+            return None
+        return cls(mu, [p.detach().clone() for p in model.parameters()])
+
+    def term(self, model: torch.nn.Module) -> torch.Tensor:
+        return 0.5 * self.mu * sum(((p - a) ** 2).sum()
+                                   for p, a in zip(model.parameters(), self.anchor, strict=True))
+
+
+def usable_cases(train_cases: list, say: Say) -> list:
+    """The training cases with a labelled phase (the others are named and left out)."""
+    usable = [c for c in train_cases if bool(np.asarray(c.labelled).any())]
+    for c in train_cases:
+        if c not in usable:
+            say(f"{c.case_id}: no labelled phase; excluded from training")
+    if not usable:
+        raise TrainError("no training case has a labelled phase")
+    return usable
+
+
 def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: TrainConfig,
           out_dir: str | Path, *, transfer: bool = False, meta: dict | None = None,
           say: Say | None = None, restart_on_change: bool = False) -> TrainResult:
@@ -172,12 +240,7 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
 
     cfg.check()
     say = say or _log
-    usable = [c for c in train_cases if bool(np.asarray(c.labelled).any())]
-    for c in train_cases:
-        if c not in usable:
-            say(f"{c.case_id}: no labelled phase; excluded from training")
-    if not usable:
-        raise TrainError("no training case has a labelled phase")
+    usable = usable_cases(train_cases, say)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -214,38 +277,13 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
         history = state["history"]
         say(f"resumed from {last_path} after epoch {state['epoch'] + 1}")
     step_model = torch.compile(model) if cfg.compile else model
-    per_epoch = cfg.samples_per_epoch or len(usable)
-    steps = max(1, per_epoch // cfg.batch_size)
     t_start, t_load, t_total = time.perf_counter(), 0.0, 0.0
     bar = _progress(cfg.epochs, start, cfg.progress)
     for epoch in range(start, cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(cfg.seed * 100003 + epoch)
-        model.train()
-        losses = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            x, y, m = _batch(usable, cfg, rng)
-            t1 = time.perf_counter()
-            x, y, m = x.to(device), y.to(device), m.to(device)
-            try:
-                loss = batch_loss(step_model, x, y, m, cfg.bf16)
-                value = float(loss.detach())
-                if not np.isfinite(value):
-                    raise TrainError(f"epoch {epoch + 1}: the loss is {value}; stopped. "
-                                     f"The last good checkpoint is {last_path}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            except torch.OutOfMemoryError:
-                raise TrainError(f"out of memory at crop {tuple(cfg.crop)} with batch "
-                                 f"{cfg.batch_size}: choose a smaller crop or batch") from None
-            losses.append(value)
-            t_load += t1 - t0
-            t_total += time.perf_counter() - t0
+        loss, t1, t2 = _epoch(step_model, model, opt, usable, cfg, epoch, last_path)
+        t_load, t_total = t_load + t1, t_total + t2
         sched.step()
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-               "lr": float(opt.param_groups[0]["lr"])}
+        row = {"epoch": epoch + 1, "loss": loss, "lr": float(opt.param_groups[0]["lr"])}
         if val_cases and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             row["val_dice"] = evaluate_dice(model, val_cases, cfg.crop, device)
         elif not val_cases:
@@ -266,6 +304,80 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
                        best_val_dice=float(best), epochs_run=cfg.epochs - start,
                        history=history, seconds=seconds,
                        loading_share=t_load / t_total if t_total else 0.0)
+
+
+@dataclass
+class RoundResult:
+    """One round of a run split into rounds (:func:`train_round`)."""
+
+    steps: int  # optimiser steps taken (0 when the round had been trained before)
+    loss: float  # mean training loss of the round's epochs
+    seconds: float
+    resumed: bool = False  # the round's result was read back, not trained again
+
+
+def train_round(model: torch.nn.Module, train_cases: list, cfg: TrainConfig,
+                state_path: str | Path, first_epoch: int, last_epoch: int, *,
+                transfer: bool = True, mu: float = 0.0, say: Say | None = None) -> RoundResult:
+    """Train epochs ``[first_epoch, last_epoch)`` of ``cfg``'s schedule from the weights
+    ``model`` holds (a fed-transfer round: the round's global model), leaving the result in
+    ``model``.
+
+    The epochs draw the same crops and use the same learning rate as those epochs of one
+    uninterrupted :func:`train` run. The optimiser (Adam's moments) and the schedule continue
+    from ``state_path``, written by the previous round (at epoch 0 they start fresh; if that
+    state is missing or from other settings, they start fresh at the schedule's epoch, with a
+    message). The round's end state and resulting weights are written there (atomically), so a
+    round asked for again (a resumed job) returns the same weights without training. ``mu`` > 0
+    adds FedProx's proximal term to the global weights.
+    """
+    cfg.check()
+    say = say or _log
+    if not 0 <= first_epoch < last_epoch <= cfg.epochs:
+        raise ConfigError(f"a round must cover epochs within 0..{cfg.epochs}, got "
+                          f"{first_epoch}..{last_epoch}")
+    usable = usable_cases(train_cases, say)
+    path = Path(state_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr(transfer))
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.resolved_decay_every(), cfg.lr_decay)
+    settings = {k: getattr(cfg, k) for k in RESUME_KEYS}
+    settings.update(lr=cfg.resolved_lr(transfer), decay_every=cfg.resolved_decay_every(),
+                    crop=list(cfg.crop), data=data_fingerprint(usable, []), mu=float(mu))
+    state = torch.load(path, map_location=device, weights_only=False) if path.exists() else None
+    if state is not None and state.get("settings") != settings:
+        say(f"{path}: written with other settings or data; the optimiser starts afresh")
+        state = None
+    if state is not None and state["epoch"] == last_epoch and state.get("first") == first_epoch:
+        model.load_state_dict(state["model"])
+        say(f"epochs {first_epoch + 1}-{last_epoch} were trained before: read from {path}")
+        return RoundResult(steps=0, loss=state["loss"], seconds=0.0, resumed=True)
+    if state is not None and state["epoch"] == first_epoch:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    else:
+        if first_epoch:
+            say(f"no optimiser state after epoch {first_epoch} in {path}; Adam starts afresh "
+                "at this round")
+        with warnings.catch_warnings():  # stepping the schedule alone is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(first_epoch):  # the learning rate at the round's first epoch
+                sched.step()
+    prox = Proximal.of(model, mu)
+    step_model = torch.compile(model) if cfg.compile else model
+    t0, losses, steps = time.perf_counter(), [], 0
+    for epoch in range(first_epoch, last_epoch):
+        loss, _, _ = _epoch(step_model, model, opt, usable, cfg, epoch, path, prox)
+        losses.append(loss)
+        steps += max(1, (cfg.samples_per_epoch or len(usable)) // cfg.batch_size)
+        sched.step()
+    loss = float(np.mean(losses))
+    checkpoint.save({"settings": settings, "first": first_epoch, "epoch": last_epoch,
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "model": model.state_dict(), "loss": loss}, path)
+    return RoundResult(steps=steps, loss=loss, seconds=time.perf_counter() - t0)
 
 
 def train_site(cache: str | Path, out_dir: str | Path, cfg: TrainConfig, *, filters: int = 8,

@@ -162,3 +162,46 @@ def test_sliding_window_inference_covers_every_phase_and_voxel(cases):
     # a volume smaller than the crop is padded with air and cropped back
     small, _ = predict_labels(model, c.image[:, :10, :12, :9], CROP, phases=[0])
     assert small.shape == (1, 10, 12, 9)
+
+
+def test_a_run_split_into_rounds_trains_the_same_weights(cases, tmp_path):
+    """The fed-transfer arm's site step: epochs 0-1, then 2-3 from the weights the first
+    round left (as the server sends them back with one site), equal one 4-epoch run."""
+    from lvtl.model.train import train_round
+
+    whole = tiny_model()
+    train(whole, cases[:3], [], cfg(epochs=4), tmp_path / "whole")
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)["model"]
+    split = tiny_model()
+    state = tmp_path / "site" / "round.pt"
+    first = train_round(split, cases[:3], cfg(epochs=4), state, 0, 2)
+    assert first.steps == 8 and not first.resumed
+    global_ = {k: v.clone() for k, v in split.state_dict().items()}
+    second = train_round(split, cases[:3], cfg(epochs=4), state, 2, 4)
+    assert second.steps == 8
+    for k, v in whole.items():
+        assert torch.equal(v, split.state_dict()[k]), k
+    # the same round asked for again (a resumed job) gives the same weights, untrained
+    again = tiny_model(seed=3)
+    again.load_state_dict(global_)
+    res = train_round(again, cases[:3], cfg(epochs=4), state, 2, 4)
+    assert res.resumed and res.steps == 0
+    for k, v in whole.items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_fedprox_pulls_a_round_toward_its_start(cases, tmp_path):
+    from lvtl.model.train import train_round
+
+    start = tiny_model()
+    init = {k: v.clone() for k, v in start.state_dict().items()}
+
+    def moved(mu):
+        model = tiny_model()
+        train_round(model, cases[:3], cfg(epochs=2), tmp_path / f"mu{mu}.pt", 0, 2, mu=mu)
+        return sum(float(((model.state_dict()[k] - v) ** 2).sum()) for k, v in init.items())
+
+    plain, prox = moved(0.0), moved(10.0)
+    assert prox < 0.9 * plain  # the proximal term keeps the weights nearer the global model
+    with pytest.raises(ConfigError, match="within 0..2"):
+        train_round(tiny_model(), cases[:3], cfg(epochs=2), tmp_path / "x.pt", 1, 3)
