@@ -14,7 +14,9 @@ and n (``thickness_r``, ``thickness_r_ci``). Added under ``summary``:
   is printed as computed, not clipped to [0, 1].
 - **Comparisons** per site, from paired per-case differences of mean Dice with their 95%
   t-intervals, for the arms that were run: transfer against random init and against the
-  baseline (no tuning) at each training size, the baseline against random init at each size.
+  baseline (no tuning) at each training size, the baseline against random init at each size,
+  and fed-transfer against local transfer at each size (the **gain of federation**: the
+  fed-transfer and transfer runs of a site list the same test cases, so they are paired).
   A claim "A beats B at every size" is ``yes`` only when the interval is above 0 at every size,
   ``no`` when it is below 0 at some size, and ``not shown`` otherwise (an interval includes 0,
   or has too few cases); the line says at which sizes and counts the sizes with the interval
@@ -31,6 +33,16 @@ and n (``thickness_r``, ``thickness_r_ci``). Added under ``summary``:
   ``None`` with ``why: too_few_cases`` (the site's own numbers stay in the document's
   ``sites``), and the report reads "too few cases (n=4)"; a correlation the site could not
   compute (:class:`~lvtl.study.results.NoR`) reads as its reason in words.
+- **The federation** (:class:`~lvtl.study.results.FedStudy`, the server's record of the
+  fed-transfer arm), when the document has one: the FedAvg settings and, per training size,
+  the rounds completed of those planned, the sites whose updates made the last round, the
+  rounds completed before a resumed job, the model-update bytes per round (all sites, and per
+  site: a round's bytes over the sites whose accepted update they are, against the model's
+  parameter bytes), the mean seconds per round, and every site left out with its round.
+  The record numbers rounds from 0 (NVFlare's ``current_round``; ``update_bytes[r]`` is round
+  ``r``, the bytes of the accepted updates); a site left out at round ``e`` (dropped, update
+  rejected, refused, ...) sent accepted updates in the rounds before ``e``. ``report.md``
+  counts rounds from 1, as the server's log does.
 - The failed and pending sites, with their reasons.
 """
 
@@ -44,15 +56,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import stats
 
-from lvtl.config import SiteRole
+from lvtl.config import SiteRole, UpdateFilter
 from lvtl.errors import ConfigError
 from lvtl.io.atomic import atomic_path, write_text
 from lvtl.labels import KEYS
 from lvtl.study.protocol import Arm
 from lvtl.study.results import (
+    FED_EVENT_TEXT,
     PHASES,
     REASON_TEXT,
     STATS,
+    FedEvent,
+    FedEventKind,
+    FedRun,
+    FedStudy,
     Interval,
     NoR,
     Reason,
@@ -88,7 +105,23 @@ NOR_TEXT = {NoR.TOO_FEW_CASES: "too few cases", NoR.CONSTANT: "constant input"}
 #: The claims checked per site: (better arm, worse arm, the claim in words).
 CLAIMS = ((Arm.TRANSFER, Arm.RANDOM, "transfer beats random init at every size"),
           (Arm.BASELINE, Arm.RANDOM, "baseline (no tuning) beats random init at every size"),
-          (Arm.TRANSFER, Arm.BASELINE, "transfer beats baseline at every size"))
+          (Arm.TRANSFER, Arm.BASELINE, "transfer beats baseline at every size"),
+          (Arm.FED_TRANSFER, Arm.TRANSFER, "fed-transfer beats local transfer at every size"))
+#: The claim whose paired differences are the gain of federation over local transfer (shown
+#: in a table of its own, not among the other paired differences).
+FED_GAIN = (Arm.FED_TRANSFER, Arm.TRANSFER)
+#: How each training arm is drawn: marker, colour, and a sideways shift (a fraction of the
+#: panel's span of training sizes) so that arms at one size do not hide each other's error
+#: bars.
+ARM_STYLE = {Arm.RANDOM: ("o", "C0", -0.012), Arm.TRANSFER: ("s", "C1", 0.0),
+             Arm.FED_TRANSFER: ("^", "C2", 0.012)}
+#: The privacy filter a site puts on its fed-transfer weight updates, in words.
+UPDATE_FILTER_TEXT = {
+    UpdateFilter.NONE: "no privacy filter",
+    UpdateFilter.PERCENTILE: "NVFlare PercentilePrivacy (only the largest differences, clipped)",
+    UpdateFilter.SVT: "NVFlare SVTPrivacy (sparse vector technique, differential privacy)",
+    UpdateFilter.EXCLUDE_VARS: "NVFlare ExcludeVars (named layers never leave the site)",
+}
 
 #: Per arm and training size, the per-case values of each label and of their mean (``MEAN``).
 Curves = dict[Arm, dict[int, dict[str, np.ndarray]]]
@@ -229,24 +262,90 @@ def _correlations(runs: list[Run]) -> dict:
     return out
 
 
+def _is_fed_gain(c: dict) -> bool:
+    return (c["better"], c["worse"]) == tuple(map(str, FED_GAIN))
+
+
+def _federation_gain(comparisons: list[dict]) -> dict | None:
+    """The gain of federation over local transfer, from the comparisons: its verdict and, per
+    training size, the paired difference fed-transfer - transfer of mean Dice (None when the
+    site did not run both arms at a common size)."""
+    for c in comparisons:
+        if _is_fed_gain(c):
+            return {k: c[k] for k in ("verdict", "above_zero", "sizes", "by_size")}
+    return None
+
+
+def _updating_sites(run: FedRun) -> list[int]:
+    """Per round (``update_bytes[r]`` is round ``r``, from 0): the sites whose update was
+    accepted, those of the last round and those left out at a later round (a site left out at
+    round ``e`` sent accepted updates in the rounds before ``e``)."""
+    left: dict[str, int] = {}
+    for e in run.events:
+        if e.site not in run.sites:
+            left[e.site] = min(e.round, left.get(e.site, e.round))
+    return [len(run.sites) + sum(e > r for e in left.values())
+            for r in range(len(run.update_bytes))]
+
+
+def _event_text(e: FedEvent) -> str:
+    """What happened to a site, in words: a refusal with its reason, a rejection with what
+    the server found wrong."""
+    text = FED_EVENT_TEXT[FedEventKind(e.kind)]
+    if e.kind == FedEventKind.REFUSED and e.reason != Reason.NONE:
+        text += f": {REASON_TEXT[Reason(e.reason)]} (`{e.reason}`)"
+    if e.kind == FedEventKind.REJECTED and e.detail:
+        text += f" ({e.detail})"
+    return text
+
+
+def _fed_run(run: FedRun) -> dict:
+    """One fed-transfer run as the summary shows it (the rules: the module docstring)."""
+    sites = _updating_sites(run)
+    per_site = [b / n for b, n in zip(run.update_bytes, sites, strict=True) if n]
+    site_bytes = float(np.mean(per_site)) if per_site else None
+    return {"size": run.size, "rounds": run.rounds, "completed": run.completed,
+            "sites": list(run.sites), "resumed_from": run.resumed_from,
+            "update_bytes_per_round": list(run.update_bytes), "updating_sites_per_round": sites,
+            "site_update_bytes": site_bytes, "param_bytes": run.param_bytes,
+            "site_update_to_params": (site_bytes / run.param_bytes
+                                      if site_bytes is not None and run.param_bytes else None),
+            "mean_round_seconds": (float(np.mean(run.round_seconds)) if run.round_seconds
+                                   else None),
+            "events": [{"site": e.site, "round": e.round, "kind": str(e.kind),
+                        "text": _event_text(e)} for e in run.events]}
+
+
+def _federation(fed: FedStudy | None) -> dict | None:
+    if fed is None:
+        return None
+    return {"rounds": fed.rounds, "epochs_per_round": fed.epochs_per_round, "mu": fed.mu,
+            "runs": [_fed_run(r) for r in fed.runs]}
+
+
 def summarize(doc: ResultsDoc) -> dict:
     """Per site: Dice by arm and size with n and intervals, the comparisons of the arms, the
-    transfer plateau and the thickness correlations; pooled Dice by arm and size; the failed
-    and pending sites with their reasons (the rules: the module docstring)."""
+    gain of federation over local transfer, the transfer plateau and the thickness
+    correlations; pooled Dice by arm and size; the failed and pending sites with their
+    reasons; the federation's record (the rules: the module docstring)."""
     ok = {n: s for n, s in doc.sites.items() if s.status == Status.OK}
     curves = {name: _curves(sec.runs) for name, sec in ok.items()}
-    per_site = {name: {"n_test": sec.n_test,
-                       "dice_by_size": _dice_by_size(curves[name]),
-                       "comparisons": _comparisons(curves[name]),
-                       "transfer_plateau": (_plateau(curves[name][Arm.TRANSFER])
-                                            if Arm.TRANSFER in curves[name] else None),
-                       "thickness_r": _correlations(sec.runs)}
-                for name, sec in ok.items()}
+    per_site = {}
+    for name, sec in ok.items():
+        comparisons = _comparisons(curves[name])
+        per_site[name] = {"n_test": sec.n_test,
+                          "dice_by_size": _dice_by_size(curves[name]),
+                          "comparisons": comparisons,
+                          "federation_gain": _federation_gain(comparisons),
+                          "transfer_plateau": (_plateau(curves[name][Arm.TRANSFER])
+                                               if Arm.TRANSFER in curves[name] else None),
+                          "thickness_r": _correlations(sec.runs)}
     return {"sites_ok": sorted(ok),
             "sites_failed": {n: s.reason for n, s in doc.sites.items()
                              if s.status == Status.FAILED},
             "sites_pending": sorted(n for n, s in doc.sites.items() if s.status == Status.PENDING),
-            "per_site": per_site, "pooled_dice_by_size": _pooled(list(curves.values()))}
+            "per_site": per_site, "pooled_dice_by_size": _pooled(list(curves.values())),
+            "federation": _federation(doc.federation)}
 
 
 def _est(e: dict, sign: str = "") -> str:
@@ -299,9 +398,39 @@ def _grid_text(sec: SiteResults) -> str:
     return f" Dice and thickness measured on the {' / '.join(f'{g:g}' for g in grids)} mm grid."
 
 
+def _sharing_text(sec: SiteResults) -> str:
+    """Whether the site's fed-transfer weight updates left it, and through which privacy
+    filter (older results do not say)."""
+    if sec.weight_sharing is None:
+        return ""
+    if not sec.weight_sharing:
+        return (" Fed-transfer: weights not shared (the site's configuration does not allow "
+                "weight sharing).")
+    how = ("a privacy filter it did not report" if sec.update_filter is None
+           else UPDATE_FILTER_TEXT[UpdateFilter(sec.update_filter)])
+    return f" Fed-transfer: weight updates shared through {how}."
+
+
+def _gain_table(ps: dict) -> list[str]:
+    """The gain of federation over local transfer per training size: both arms' mean Dice
+    and the paired difference with its interval."""
+    gain = ps["federation_gain"]
+    if gain is None:
+        return []
+    dice = ps["dice_by_size"]
+    lines = ["", "Gain of federation over local transfer: fed-transfer − transfer, mean Dice "
+             "paired case by case.", "",
+             "| training cases | n | transfer | fed-transfer | gain [95% t-interval] | outcome |",
+             "|---:|---:|---|---|---|---|"]
+    lines += [f"| {s} | {d['n']} | {_est(dice[str(Arm.TRANSFER)][s][MEAN])} | "
+              f"{_est(dice[str(Arm.FED_TRANSFER)][s][MEAN])} | {_est(d, '+')} | {d['outcome']} |"
+              for s, d in gain["by_size"].items()]
+    return lines
+
+
 def _site_markdown(sec: SiteResults, ps: dict) -> list[str]:
-    lines = [f"{sec.n_test} test cases.{_grid_text(sec)} Verdicts from the paired per-case "
-             "differences of mean Dice and their 95% t-intervals:", ""]
+    lines = [f"{sec.n_test} test cases.{_grid_text(sec)}{_sharing_text(sec)} Verdicts from the "
+             "paired per-case differences of mean Dice and their 95% t-intervals:", ""]
     lines += [_verdict_line(c) for c in ps["comparisons"]]
     if ps["transfer_plateau"] is not None:
         lines.append(_plateau_line(ps["transfer_plateau"]))
@@ -313,13 +442,15 @@ def _site_markdown(sec: SiteResults, ps: dict) -> list[str]:
         lines.append(f"| {r.arm} | {r.train_size} | {cell['n']} | "
                      + " | ".join(_est(cell[k]) for k in HEADINGS)
                      + f" | {r.dice.blood_pool.max:.3f} / {r.dice.lvm.max:.3f} |")
-    if ps["comparisons"]:
+    local = [c for c in ps["comparisons"] if not _is_fed_gain(c)]
+    if local:
         lines += ["", "Paired differences of mean Dice, case by case.", "",
                   "| comparison | training cases | n | difference [95% t-interval] | outcome |",
                   "|---|---:|---:|---|---|"]
         lines += [f"| {c['better']} − {c['worse']} | {s} | {d['n']} | {_est(d, '+')} "
                   f"| {d['outcome']} |"
-                  for c in ps["comparisons"] for s, d in c["by_size"].items()]
+                  for c in local for s, d in c["by_size"].items()]
+    lines += _gain_table(ps)
     heads = [f"{p} {s}" for p in PHASES for s in STATS]
     lines += ["", "Wall thickness, predicted against true: Pearson r [95% interval] (n), shown "
               f"from {MIN_CASES_R} cases on.", "",
@@ -332,9 +463,56 @@ def _site_markdown(sec: SiteResults, ps: dict) -> list[str]:
     return lines + [""]
 
 
+def _bytes(n: float | None) -> str:
+    """A byte count in decimal units (``12.3 MB``)."""
+    if n is None:
+        return "–"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _federation_markdown(fed: dict) -> list[str]:
+    """The federation section: the FedAvg settings, a row per training size and every site
+    left out with its round."""
+    how = ("plain FedAvg (FedProx mu = 0)" if fed["mu"] == 0
+           else f"FedProx, proximal weight mu = {fed['mu']:g}")
+    lines = ["## Federation (the fed-transfer arm, the server's record)", "",
+             f"FedAvg through NVFlare from the Site-1 model: {fed['rounds']} rounds planned, "
+             f"{fed['epochs_per_round']} epochs per site per round; {how}.", ""]
+    if not fed["runs"]:
+        return lines + ["No fed-transfer run recorded.", ""]
+    lines += ["Model updates: bytes of the accepted updates per round from all sites, and per "
+              "site (a round's bytes over the sites they came from), against the model's "
+              "parameters; means over the rounds. Rounds counted from 1.", "",
+              "| training cases | rounds completed | sites in the last round | resumed after "
+              "round | update per round, all sites | update per site per round | against the "
+              "parameters | mean seconds per round |",
+              "|---:|---|---|---:|---:|---:|---|---:|"]
+    for r in fed["runs"]:
+        total = (float(np.mean(r["update_bytes_per_round"])) if r["update_bytes_per_round"]
+                 else None)
+        ratio = ("–" if r["site_update_to_params"] is None
+                 else f"{r['site_update_to_params']:.2f} × {_bytes(r['param_bytes'])}")
+        secs = "–" if r["mean_round_seconds"] is None else f"{r['mean_round_seconds']:.1f}"
+        lines.append(f"| {r['size']} | {r['completed']} of {r['rounds']} | "
+                     f"{', '.join(r['sites']) or 'none'} | "
+                     f"{'–' if r['resumed_from'] is None else r['resumed_from']} | "
+                     f"{_bytes(total)} | {_bytes(r['site_update_bytes'])} | {ratio} | {secs} |")
+    events = [(r["size"], e) for r in fed["runs"] for e in r["events"]]
+    lines += ["", "Sites left out, each from the round it happened in:" if events
+              else "No site was left out of any fed-transfer run.", ""]
+    lines += [f"- {size} training cases, round {e['round'] + 1}: **{e['site']}** {e['text']}"
+              for size, e in events]
+    return lines + ([""] if events else [])
+
+
 def render_markdown(doc: ResultsDoc, summary: dict) -> str:
     """``report.md``: failed and pending sites, then per site the verdicts, the Dice table,
-    the paired differences and the correlations, then the pooled Dice table."""
+    the paired differences (the gain of federation in a table of its own) and the
+    correlations, then the pooled Dice table and, when the document has one, the
+    federation."""
     lines = ["# Cross-site transfer-learning report", ""]
     if summary["sites_pending"]:
         lines += ["## Pending sites (no results yet)", ""]
@@ -359,13 +537,17 @@ def render_markdown(doc: ResultsDoc, summary: dict) -> str:
                   + " | ".join(_est(v[k]) for k in HEADINGS) + " |"
                   for arm, sizes in pooled.items() for size, v in sizes.items()]
         lines.append("")
+    if summary["federation"] is not None:
+        lines += _federation_markdown(summary["federation"])
     return "\n".join(lines)
 
 
 def _figure(summary: dict) -> Figure | None:
-    """Mean Dice against training size, one panel per site: each training arm with its 95%
-    error bars, the baseline as a band (its interval) around a dashed line, x ticks at the
-    training sizes run; None when no site has results."""
+    """Mean Dice against training size, one panel per site: each training arm (random init,
+    transfer, fed-transfer) with its own marker and colour and its 95% error bars, shifted a
+    little sideways so that arms at one size stay apart (:data:`ARM_STYLE`); the baseline as
+    a band (its interval) around a dashed line, x ticks at the training sizes run; None when
+    no site has results."""
     # deferred: matplotlib takes a second to import, and only the report draws
     import matplotlib
 
@@ -378,6 +560,9 @@ def _figure(summary: dict) -> Figure | None:
     fig, axes = plt.subplots(1, len(sites), figsize=(5 * len(sites), 4), squeeze=False)
     for ax, (name, ps) in zip(axes[0], sites.items(), strict=True):
         ticks: set[int] = set()
+        trained = [s for arm, curve in ps["dice_by_size"].items() if Arm(arm).trains
+                   for s in curve]
+        span = (max(trained) - min(trained) if trained else 0) or 1
         for arm, curve in ps["dice_by_size"].items():
             est = {s: c[MEAN] for s, c in curve.items()}
             if not Arm(arm).trains:
@@ -394,8 +579,10 @@ def _figure(summary: dict) -> Figure | None:
             mean = np.array([est[s]["mean"] for s in sizes], dtype=np.float64)
             bounds = np.array([[np.nan, np.nan] if est[s]["low"] is None
                                else [est[s]["low"], est[s]["high"]] for s in sizes])
-            ax.errorbar(sizes, mean, yerr=[mean - bounds[:, 0], bounds[:, 1] - mean],
-                        fmt="o-", capsize=3, label=f"{arm} (95% interval)")
+            marker, colour, shift = ARM_STYLE[Arm(arm)]
+            ax.errorbar(np.asarray(sizes) + shift * span, mean,
+                        yerr=[mean - bounds[:, 0], bounds[:, 1] - mean], fmt=f"{marker}-",
+                        color=colour, capsize=3, label=f"{arm} (95% interval)")
         ax.set_xticks(sorted(ticks))
         ax.set(title=f"{name} (n={ps['n_test']} test cases)", xlabel="training cases",
                ylabel="mean Dice (blood pool, LVM)", ylim=(0, 1))
@@ -433,15 +620,23 @@ def write_report(doc: ResultsDoc | dict, out_dir: str | Path) -> Path:
 
 
 def merge_results(paths: list[str | Path]) -> ResultsDoc:
-    """One report document from several results files (each a ``lvtl.report/1`` doc)."""
+    """One report document from several results files (each a ``lvtl.report/1`` doc), with
+    the federation's record of the one file that has it (a ``report.json``)."""
     sites: dict[str, SiteResults] = {}
+    federation: FedStudy | None = None
     for p in paths:
         try:
             raw = json.loads(Path(p).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"{p}: not a readable JSON results file ({e})") from None
-        for name, sec in ResultsDoc.from_dict(raw, str(p)).sites.items():
+        doc = ResultsDoc.from_dict(raw, str(p))
+        for name, sec in doc.sites.items():
             if name in sites:
                 raise ConfigError(f"{p}: site {name!r} appears in two results files")
             sites[name] = sec
-    return ResultsDoc(sites=sites)
+        if doc.federation is not None:
+            if federation is not None:
+                raise ConfigError(f"{p}: a second record of the federation (fed-transfer); "
+                                  "give the report of one federated job")
+            federation = doc.federation
+    return ResultsDoc(sites=sites, federation=federation)

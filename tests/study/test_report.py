@@ -1,6 +1,8 @@
 """The coordinator's report never overstates: every mean with its n and 95% interval, no
 correlation from too few cases, a plateau only with three sizes and an interval, verdicts from
-paired intervals, and a plot with integer training sizes and error bars."""
+paired intervals, and a plot with integer training sizes and error bars. The fed-transfer arm
+is reported like the others, with its gain over local transfer paired case by case, and the
+server's record of the federation in a section of its own (none for older documents)."""
 
 import json
 import math
@@ -10,9 +12,21 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from lvtl.config import UpdateFilter
+from lvtl.errors import ConfigError
 from lvtl.study import report
-from lvtl.study.report import render_markdown, summarize, write_report
-from lvtl.study.results import ResultsDoc, Run, SiteResults, Status
+from lvtl.study.report import merge_results, render_markdown, summarize, write_report
+from lvtl.study.results import (
+    FedEvent,
+    FedEventKind,
+    FedRun,
+    FedStudy,
+    Reason,
+    ResultsDoc,
+    Run,
+    SiteResults,
+    Status,
+)
 from lvtl.study.run import CaseEval, summarize_run
 
 #: Case-to-case variation of the mean Dice of ten test cases (mean 0), added to a level.
@@ -241,3 +255,231 @@ def test_the_site_section_says_which_grid_it_was_measured_on():
         assert ("measured on the" in first) == (want is not None)
         if want:
             assert want in first
+
+
+# --------------------------------------------------------------------------- fed-transfer
+def mean_per_case(r: Run) -> np.ndarray:
+    """Per-case mean Dice over the labels, from what the site sent."""
+    return (np.asarray(r.dice_per_case.blood_pool) + np.asarray(r.dice_per_case.lvm)) / 2
+
+
+def fed_doc(fed_levels: dict[int, float], noise=CASES[::-1]) -> tuple[ResultsDoc, dict]:
+    """One site with transfer at 0.85 and fed-transfer at ``fed_levels`` (size -> level, plus
+    ``noise``); returns the document and its runs by (arm, size)."""
+    runs = {("transfer", k): run("transfer", k, 0.85 + CASES) for k in fed_levels}
+    runs |= {("fed-transfer", k): run("fed-transfer", k, v + noise)
+             for k, v in fed_levels.items()}
+    return doc(s=[run("baseline", 0, 0.75 + CASES), *runs.values()]), runs
+
+
+def federation(mu: float = 0.0) -> FedStudy:
+    return FedStudy(rounds=4, epochs_per_round=5, mu=mu, runs=[
+        FedRun(size=2, rounds=4, completed=4, sites=["site-2", "site-3"],
+               update_bytes=[3000, 3000, 2000, 2000], param_bytes=1000,
+               round_seconds=[10.0, 14.0],
+               events=[FedEvent("site-4", 2, FedEventKind.DROPPED),
+                       FedEvent("site-5", 0, FedEventKind.REFUSED,
+                                Reason.ARTIFACT_UNTRUSTED_KEY)]),
+        FedRun(size=5, rounds=4, completed=2, sites=["site-2"], resumed_from=1,
+               update_bytes=[2000, 1000], param_bytes=1000,
+               events=[FedEvent("site-3", 1, FedEventKind.REJECTED,
+                                detail="NaN in block1.conv.weight"),
+                       FedEvent("site-6", 0, FedEventKind.OPTED_OUT)]),
+    ])
+
+
+def test_fed_transfer_has_its_rows_with_n_and_intervals_per_site_and_pooled():
+    fed = [run("fed-transfer", k, 0.88 + CASES[::-1]) for k in (2, 5)]
+    fed3 = run("fed-transfer", 5, 0.8 + CASES[:6])
+    d = doc(**{"site-2": [run("transfer", 2, 0.85 + CASES), run("transfer", 5, 0.86 + CASES),
+                          *fed],
+               "site-3": [run("transfer", 5, 0.8 + CASES[:6]), fed3]})
+    s = summarize(d)
+    cell = s["per_site"]["site-2"]["dice_by_size"]["fed-transfer"][5]
+    mean, lo, hi = by_hand(mean_per_case(fed[1]))
+    assert cell["n"] == 10 and cell["mean"]["n"] == 10
+    assert (cell["mean"]["mean"], cell["mean"]["low"], cell["mean"]["high"]) == \
+        pytest.approx((mean, lo, hi), abs=1e-6)
+    pooled = s["pooled_dice_by_size"]["fed-transfer"]
+    assert (pooled[2]["sites"], pooled[2]["n"], pooled[5]["sites"], pooled[5]["n"]) == \
+        (1, 10, 2, 16)
+    pmean, plo, phi = by_hand(np.concatenate([mean_per_case(fed[1]), mean_per_case(fed3)]))
+    assert (pooled[5]["mean"]["mean"], pooled[5]["mean"]["low"], pooled[5]["mean"]["high"]) == \
+        pytest.approx((pmean, plo, phi), abs=1e-6)
+    dice = [t for t in tables(render_markdown(d, s)) if t and "LVM" in t[0]]
+    assert [[(r["arm"], r["training cases"]) for r in t if r["arm"] == "fed-transfer"]
+            for t in dice] == [[("fed-transfer", "2"), ("fed-transfer", "5")],
+                               [("fed-transfer", "5")],
+                               [("fed-transfer", "2"), ("fed-transfer", "5")]]
+    (row,) = [r for r in dice[0] if r["arm"] == "fed-transfer" and r["training cases"] == "5"]
+    assert row["n"] == "10" and row["mean of both"] == f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+    (row,) = [r for r in dice[2] if r["arm"] == "fed-transfer" and r["training cases"] == "5"]
+    assert (row["sites"], row["n"]) == ("2", "16")
+    assert row["mean of both"] == f"{pmean:.3f} [{plo:.3f}, {phi:.3f}]"
+
+
+def test_the_gain_of_federation_is_paired_case_by_case_with_its_interval(tmp_path):
+    d, runs = fed_doc({2: 0.87, 5: 0.9})
+    write_report(d, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    gain = json.loads((tmp_path / "report.json").read_text())["summary"]["per_site"]["s"][
+        "federation_gain"]
+    assert gain["verdict"] == "yes" and (gain["above_zero"], gain["sizes"]) == (2, 2)
+    (table,) = [t for t in tables(md) if t and "gain [95% t-interval]" in t[0]]
+    assert [r["training cases"] for r in table] == ["2", "5"]
+    for k, row in zip((2, 5), table, strict=True):
+        diff = mean_per_case(runs["fed-transfer", k]) - mean_per_case(runs["transfer", k])
+        mean, lo, hi = by_hand(diff)
+        got = gain["by_size"][str(k)]
+        assert (got["mean"], got["low"], got["high"]) == pytest.approx((mean, lo, hi), abs=1e-6)
+        assert got["n"] == 10 and got["outcome"] == "above 0" and lo > 0
+        assert row["n"] == "10" and row["outcome"] == "above 0"
+        assert row["gain [95% t-interval]"] == f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        tmean, tlo, thi = by_hand(mean_per_case(runs["transfer", k]))
+        assert row["transfer"] == f"{tmean:.3f} [{tlo:.3f}, {thi:.3f}]"
+    # in a table of its own, not among the other paired differences
+    (others,) = [t for t in tables(md) if t and "comparison" in t[0]]
+    assert [r["comparison"] for r in others] == ["transfer − baseline"] * 2
+
+
+@pytest.mark.parametrize(("levels", "want"), [
+    ({2: 0.87, 5: 0.9}, "yes (2 of 2 sizes with the interval above 0)"),
+    ({2: 0.87, 5: 0.8}, "no: interval below 0 at 5 (1 of 2 sizes with the interval above 0)"),
+    ({2: 0.85, 5: 0.9}, "not shown: interval includes 0 at 2 (1 of 2 sizes with the interval "
+                        "above 0)"),
+])
+def test_the_verdict_of_federation_over_local_transfer(levels, want):
+    d, runs = fed_doc(levels)
+    s = summarize(d)
+    assert line(render_markdown(d, s), "- fed-transfer beats local transfer at every size: ") \
+        == f"- fed-transfer beats local transfer at every size: {want}"
+    assert s["per_site"]["s"]["federation_gain"]["verdict"] == want.split(":")[0].split(" (")[0]
+    # the outcome at each size agrees with the interval computed here
+    for k in levels:
+        _, lo, hi = by_hand(mean_per_case(runs["fed-transfer", k])
+                            - mean_per_case(runs["transfer", k]))
+        want_k = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
+        assert s["per_site"]["s"]["federation_gain"]["by_size"][k]["outcome"] == want_k
+
+
+def test_the_federation_section_lists_settings_sizes_and_every_site_left_out(tmp_path):
+    d, _ = fed_doc({2: 0.87, 5: 0.9})
+    d.federation = federation()
+    path = write_report(d, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    fed_md = md.split("## Federation", 1)[1]
+    assert ("4 rounds planned, 5 epochs per site per round; plain FedAvg (FedProx mu = 0)."
+            in fed_md)
+    (table,) = tables(fed_md)
+    assert [(r["training cases"], r["rounds completed"], r["sites in the last round"],
+             r["resumed after round"]) for r in table] == [("2", "4 of 4", "site-2, site-3", "–"),
+                                                          ("5", "2 of 4", "site-2", "1")]
+    # size 2: site-4 dropped at round 2 (from 0), so 3, 3, 2, 2 sites sent 1000 bytes each
+    assert (table[0]["update per round, all sites"], table[0]["update per site per round"],
+            table[0]["against the parameters"], table[0]["mean seconds per round"]) == \
+        ("2.5 kB", "1.0 kB", "1.00 × 1.0 kB", "12.0")
+    # size 5: site-3's update of round 1 was rejected (its bytes not counted): 2 sites, then 1
+    assert (table[1]["update per round, all sites"], table[1]["update per site per round"],
+            table[1]["against the parameters"], table[1]["mean seconds per round"]) == \
+        ("1.5 kB", "1.0 kB", "1.00 × 1.0 kB", "–")
+    events = [x for x in fed_md.splitlines() if x.startswith("- ")]
+    assert events == [
+        "- 2 training cases, round 3: **site-4** dropped out (no update); left out of later "
+        "rounds",
+        "- 2 training cases, round 1: **site-5** refused the task: artifact refused: signed by "
+        "a key the site does not trust (`artifact_refused:untrusted_key`)",
+        "- 5 training cases, round 2: **site-3** update rejected at aggregation; left out of "
+        "later rounds (NaN in block1.conv.weight)",
+        "- 5 training cases, round 1: **site-6** opted out (its config does not allow weight "
+        "sharing)"]
+    full = json.loads(path.read_text())
+    runs = full["summary"]["federation"]["runs"]
+    assert runs[0]["updating_sites_per_round"] == [3, 3, 2, 2]
+    assert runs[0]["site_update_bytes"] == 1000 and runs[0]["site_update_to_params"] == 1
+    assert runs[1]["updating_sites_per_round"] == [2, 1]
+    assert [(e["site"], e["round"], e["kind"]) for e in runs[1]["events"]] == \
+        [("site-3", 1, "update_rejected"), ("site-6", 0, "opted_out")]
+    # the record itself is in the document and reads back as it was
+    assert ResultsDoc.from_dict(full) == d and full["federation"]["runs"][1]["resumed_from"] == 1
+
+
+def test_fedprox_and_a_federation_without_runs_are_said_in_words():
+    d = doc(s=[run("baseline", 0, 0.75 + CASES)])
+    d.federation = FedStudy(rounds=8, epochs_per_round=2, mu=0.01)
+    md = render_markdown(d, summarize(d))
+    assert "8 rounds planned, 2 epochs per site per round; FedProx, proximal weight mu = 0.01." \
+        in md
+    assert "No fed-transfer run recorded." in md and "Sites left out" not in md
+
+
+def test_a_federation_where_nobody_was_left_out_says_so():
+    d = doc(s=[run("baseline", 0, 0.75 + CASES)])
+    d.federation = FedStudy(rounds=2, epochs_per_round=2, runs=[
+        FedRun(size=2, rounds=2, completed=2, sites=["a", "b"])])
+    md = render_markdown(d, summarize(d))
+    assert "No site was left out of any fed-transfer run." in md
+    assert line(md, "| 2 |") == "| 2 | 2 of 2 | a, b | – | – | – | – | – |"
+
+
+@pytest.mark.parametrize(("sharing", "update_filter", "want"), [
+    (False, UpdateFilter.NONE, "Fed-transfer: weights not shared"),
+    (True, UpdateFilter.PERCENTILE, "Fed-transfer: weight updates shared through NVFlare "
+                                    "PercentilePrivacy"),
+    (True, UpdateFilter.NONE, "Fed-transfer: weight updates shared through no privacy filter"),
+    (None, None, None),  # results from before the fed-transfer arm
+])
+def test_the_site_section_says_how_its_weight_updates_left_it(sharing, update_filter, want):
+    d = doc(s=[run("baseline", 0, 0.75 + CASES)])
+    d.sites["s"].weight_sharing, d.sites["s"].update_filter = sharing, update_filter
+    first = render_markdown(d, summarize(d)).split("## s", 1)[1].splitlines()[2]
+    assert ("Fed-transfer" in first) == (want is not None)
+    if want:
+        assert want in first
+
+
+def test_an_older_document_has_no_fed_transfer_in_its_report(tmp_path):
+    d = doc(**{"site-2": [run("baseline", 0, 0.75 + CASES),
+                          *[run(a, k, 0.8 + CASES) for k in (2, 5) for a in ("random",
+                                                                            "transfer")]]})
+    path = write_report(d, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert [x for x in md.splitlines() if x.startswith("#")] == [
+        "# Cross-site transfer-learning report", "## site-2",
+        "## Pooled over the sites (case-weighted)"]
+    assert not re.search("fed|shared|gain of", md, re.IGNORECASE)
+    full = json.loads(path.read_text())
+    assert full["federation"] is None and full["summary"]["federation"] is None
+    assert full["summary"]["per_site"]["site-2"]["federation_gain"] is None
+    assert [c["claim"] for c in full["summary"]["per_site"]["site-2"]["comparisons"]] == [
+        "transfer beats random init at every size",
+        "baseline (no tuning) beats random init at every size",
+        "transfer beats baseline at every size"]
+
+
+def test_the_plot_draws_fed_transfer_as_its_own_curve_with_error_bars():
+    from matplotlib.container import ErrorbarContainer
+
+    d, _ = fed_doc({2: 0.87, 5: 0.9})
+    (ax,) = report._figure(summarize(d)).axes
+    bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
+    assert set(bars) == {"transfer (95% interval)", "fed-transfer (95% interval)"}
+    assert all(c.has_yerr for c in bars.values())
+    fed, local = (bars[f"{a} (95% interval)"].lines[0] for a in ("fed-transfer", "transfer"))
+    assert fed.get_marker() != local.get_marker() and fed.get_color() != local.get_color()
+    # beside, not on top of, the transfer curve; the ticks stay at the sizes run
+    assert all(fed.get_xdata() > local.get_xdata())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "5"]
+
+
+def test_merging_results_keeps_the_federations_record(tmp_path):
+    d, _ = fed_doc({2: 0.87})
+    d.federation = federation()
+    write_report(d, tmp_path / "a")
+    other = doc(**{"site-9": [run("baseline", 0, 0.7 + CASES)]})
+    (tmp_path / "b.json").write_text(json.dumps(other.to_dict()))
+    merged = merge_results([tmp_path / "a" / "report.json", tmp_path / "b.json"])
+    assert merged.federation == d.federation and set(merged.sites) == {"s", "site-9"}
+    d.sites = {"t": d.sites["s"]}
+    write_report(d, tmp_path / "c")
+    with pytest.raises(ConfigError, match="second record of the federation"):
+        merge_results([tmp_path / "a" / "report.json", tmp_path / "c" / "report.json"])
