@@ -4,11 +4,20 @@
 before ``CertBuilder``), so ``nvflare provision`` and ``nvflare poc prepare`` write into each
 kit's ``local/`` folder:
 
-- at each site, ``privacy.json``: one privacy scope, :data:`PRIVACY_SCOPE`, whose task-result
-  filter is :class:`~lvtl.flare.filters.MetricsOnlyFilter`. NVFlare runs a site's scope filters
-  on every task result before the job's own filters, and refuses at deploy time a job whose
-  meta does not name a scope of the site's ``privacy.json`` (there is no ``default_scope``, so
-  a job without a scope is refused too);
+- at each site, ``privacy.json``: two privacy scopes and no ``default_scope``. NVFlare runs
+  the filters of the scope a job names on every task result, before the job's own filters, and
+  refuses at deploy time a job whose meta does not name a scope of the site's ``privacy.json``
+  (with no default scope, a job without a scope is refused too):
+
+  - :data:`PRIVACY_SCOPE` (``lvtl_metrics``), the study job's: its task-result filter is
+    :class:`~lvtl.flare.filters.MetricsOnlyFilter`, so only the allow-listed metrics leave;
+  - :data:`FED_SCOPE` (``lvtl_fed``), the scope of a job with the fed-transfer arm: its
+    task-result filter is ``FedUpdateFilter`` (:data:`FED_FILTER_PATH`), which lets a checked
+    model weight update leave for the fed-transfer task only, and only where the site's own
+    ``[federation]`` allows weight sharing, through the NVFlare privacy filter the site chose
+    there; every other task's result goes through the metrics-only filter. A site that never
+    wants weights to leave deletes this scope from its kit, and NVFlare then refuses such a job
+    at deployment (:func:`check_site_kit` reports the scope absent as a choice, not a fault);
 - at the server and each site, ``authorization.json``: no role may bring custom code
   (``byoc``), run shell commands (``ls``, ``cat``, ``grep``, ... on the site's files) or
   operate the site (``sys_info``, ``report_env``, restart, shutdown); only the project admin
@@ -38,8 +47,15 @@ from nvflare.lighter.spec import Builder, Project, ProvisionContext
 
 from lvtl.flare.filters import MetricsOnlyFilter
 
-#: The privacy scope a site accepts; the study job names it in its meta (``"scope"``).
+#: The privacy scope of the study job (metrics only leave); the job names it in its meta
+#: (``"scope"``).
 PRIVACY_SCOPE = "lvtl_metrics"
+#: The privacy scope of a job with the fed-transfer arm (model weight updates may leave a site
+#: for that arm's task, where the site's config allows it).
+FED_SCOPE = "lvtl_fed"
+#: The class path of the fed scope's task-result filter (named, not imported: the kit policy
+#: is written where the class may not be importable, and NVFlare builds it at the site).
+FED_FILTER_PATH = "lvtl.flare.filters.FedUpdateFilter"
 #: The class-path prefix of the lvtl components a job may use without custom code.
 CLASS_PREFIX = "lvtl.flare."
 #: The admin roles NVFlare knows; the coordinator is ``project_admin``.
@@ -58,12 +74,15 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _scope(name: str, result_filter: str) -> dict[str, Any]:
+    return {"name": name, "properties": {}, "task_data_filters": [],
+            "task_result_filters": [{"path": result_filter, "args": {}}]}
+
+
 def privacy_policy() -> dict[str, Any]:
-    """A site's ``privacy.json``: the one scope, no default scope."""
-    return {"scopes": [{"name": PRIVACY_SCOPE, "properties": {},
-                        "task_data_filters": [],
-                        "task_result_filters": [{"path": class_path(MetricsOnlyFilter),
-                                                 "args": {}}]}],
+    """A site's ``privacy.json``: the metrics scope and the fed scope, no default scope."""
+    return {"scopes": [_scope(PRIVACY_SCOPE, class_path(MetricsOnlyFilter)),
+                       _scope(FED_SCOPE, FED_FILTER_PATH)],
             "components": []}
 
 
@@ -150,10 +169,11 @@ if __name__ == "__main__":
 
 def check_site_kit(kit: str | Path) -> list[tuple[bool, str]]:
     """``(ok, line)`` per finding about a site's startup kit (the folder holding ``startup/``
-    and ``local/``): the privacy scope in force with lvtl's filter and no default scope, no
-    role allowed custom code, shell commands or operating the site, log streaming off, and only
-    lvtl's classes allowed. What the kit's files say is what NVFlare enforces in POC and
-    production; the simulator reads none of them."""
+    and ``local/``): the privacy scope in force with lvtl's filter and no default scope; the
+    fed scope absent (the site refuses federated fine-tuning jobs) or ending with lvtl's
+    ``FedUpdateFilter``; no role allowed custom code, shell commands or operating the site, log
+    streaming off, and only lvtl's classes allowed. What the kit's files say is what NVFlare
+    enforces in POC and production; the simulator reads none of them."""
     local = Path(kit) / "local"
     out: list[tuple[bool, str]] = []
 
@@ -177,6 +197,7 @@ def check_site_kit(kit: str | Path) -> list[tuple[bool, str]]:
                            else f"missing, without the filter, or a default scope is set "
                                 f"(scopes {sorted(map(str, scopes))}, default "
                                 f"{privacy.get('default_scope')!r})")))
+        out.append(_fed_scope(scopes.get(FED_SCOPE), privacy.get("default_scope")))
     authz = read("authorization.json")
     if authz is not None:
         perms = authz.get("permissions") or {}
@@ -197,3 +218,18 @@ def check_site_kit(kit: str | Path) -> list[tuple[bool, str]]:
         allowed = resources.get("class_allow_list") or []
         out.append((allowed == [CLASS_PREFIX], f"kit class allow-list: {allowed}"))
     return out
+
+
+def _fed_scope(scope: dict[str, Any] | None, default: object) -> tuple[bool, str]:
+    """The finding about the kit's fed scope: absent is the site's choice; present, it must end
+    with ``FedUpdateFilter`` and there must be no default scope."""
+    head = f"kit privacy scope {FED_SCOPE!r}: "
+    if scope is None:
+        return True, head + "absent, this site refuses federated fine-tuning jobs"
+    filters = [f.get("path") for f in scope.get("task_result_filters") or []]
+    if filters and filters[-1] == FED_FILTER_PATH and not default:
+        return True, head + ("weight updates of the fed-transfer task only, as the site's "
+                             "[federation] allows; metrics only otherwise")
+    return False, head + (f"result filters {filters} (the last must be {FED_FILTER_PATH}) or a "
+                          f"default scope is set (default {default!r}); delete the scope to "
+                          "refuse federated fine-tuning jobs")

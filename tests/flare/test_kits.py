@@ -1,7 +1,8 @@
 """The startup kits provisioned from sites/project.yml, and what they enforce.
 
-Fast: the kit files (privacy scope without a default, authorization, class allow-list, log
-streaming off), read back through NVFlare's own parsers. Slow: the kits end to end on this
+Fast: the kit files (the metrics and fed privacy scopes without a default, authorization, class
+allow-list, log streaming off), read back through NVFlare's own parsers; a kit whose fed scope
+was deleted or changed, as ``lvtl site check --kit`` finds it. Slow: the kits end to end on this
 machine (server, site-1 and site-2 each from its own kit and workspace, mutual TLS on
 localhost, the coordinator submitting with the admin kit through the FLARE API): the study job
 runs; a job with custom code, a job without the privacy scope and a result with an unknown
@@ -25,16 +26,21 @@ from federation import write_federation
 from lvtl.flare.provision import (
     CLASS_PREFIX,
     DENIED,
+    FED_FILTER_PATH,
+    FED_SCOPE,
     PRIVACY_SCOPE,
     ROLES,
     authorization_policy,
+    check_site_kit,
     privacy_policy,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = REPO / "sites" / "project.yml"
 NVFLARE = Path(sys.executable).with_name("nvflare")
-SITES = ("site-1", "site-2")
+SITES = ("site-1", "site-2")  # the sites the end-to-end run starts
+KIT_SITES = tuple(p["name"] for p in yaml.safe_load(PROJECT.read_text())["participants"]
+                  if p["type"] == "client")
 ADMIN = "coordinator@example.org"
 
 
@@ -54,40 +60,102 @@ def kits(tmp_path_factory) -> Path:
 
 
 def test_project_yml_provisions_a_kit_per_participant(kits):
+    assert KIT_SITES == ("site-1", "site-2", "site-3")
     assert sorted(p.name for p in kits.iterdir()) == [
-        "coordinator@example.org", "lvtl-server.example.org", "site-1", "site-2"]
-    for site in SITES:
+        "coordinator@example.org", "lvtl-server.example.org", *KIT_SITES]
+    for site in KIT_SITES:
         startup = kits / site / "startup"
         assert (startup / "start.sh").is_file() and (startup / "client.key").is_file()
 
 
-def test_each_site_kit_accepts_only_the_lvtl_privacy_scope(kits):
+def _privacy_manager(kit: Path, names_only: bool):
+    """The privacy policy as the site's NVFlare reads it from the kit."""
     from nvflare.apis.workspace import Workspace
     from nvflare.private.fed.app.fl_conf import create_privacy_manager
 
-    for site in SITES:
+    return create_privacy_manager(Workspace(str(kit), kit.name), names_only=names_only,
+                                  is_server=False)
+
+
+def test_each_site_kit_accepts_only_the_lvtl_privacy_scopes(kits):
+    for site in KIT_SITES:
         privacy = json.loads((kits / site / "local" / "privacy.json").read_text())
         assert privacy == privacy_policy()
-        assert [s["name"] for s in privacy["scopes"]] == [PRIVACY_SCOPE]
+        assert [s["name"] for s in privacy["scopes"]] == [PRIVACY_SCOPE, FED_SCOPE]
         assert "default_scope" not in privacy  # a job without a scope is refused
-        assert [f["path"] for f in privacy["scopes"][0]["task_result_filters"]] == [
-            "lvtl.flare.filters.MetricsOnlyFilter"]
-        # as the site's NVFlare reads it: the scope's filter is built, no default scope
-        manager = create_privacy_manager(Workspace(str(kits / site), site), names_only=False,
-                                         is_server=False)
+        assert [[f["path"] for f in s["task_result_filters"]] for s in privacy["scopes"]] == [
+            ["lvtl.flare.filters.MetricsOnlyFilter"], [FED_FILTER_PATH]]
+        assert FED_FILTER_PATH == "lvtl.flare.filters.FedUpdateFilter"
+        # as the site's NVFlare reads the scopes: these two, no default scope
+        manager = _privacy_manager(kits / site, names_only=True)
         assert manager.is_policy_defined()
         assert manager.get_scope("") is None and manager.get_scope("other") is None
-        scope = manager.get_scope(PRIVACY_SCOPE)
-        assert [type(f).__name__ for f in scope.task_result_filters["out"]] == [
-            "MetricsOnlyFilter"]
+        assert manager.get_scope(PRIVACY_SCOPE) and manager.get_scope(FED_SCOPE)
     assert not (kits / "lvtl-server.example.org" / "local" / "privacy.json").exists()
+
+
+def test_the_site_builds_the_filter_of_each_scope(kits):
+    from lvtl.flare import filters
+
+    if not hasattr(filters, "FedUpdateFilter"):
+        pytest.skip(f"{FED_FILTER_PATH} is not written yet")
+    manager = _privacy_manager(kits / "site-3", names_only=False)
+    for scope, name in ((PRIVACY_SCOPE, "MetricsOnlyFilter"), (FED_SCOPE, "FedUpdateFilter")):
+        assert [type(f).__name__ for f in manager.get_scope(scope).task_result_filters["out"]] \
+            == [name]
+
+
+def _edit_privacy(kit: Path, edit) -> None:
+    path = kit / "local" / "privacy.json"
+    privacy = json.loads(path.read_text())
+    edit(privacy)
+    path.write_text(json.dumps(privacy))
+
+
+def _fed(privacy: dict) -> dict:
+    return next(s for s in privacy["scopes"] if s["name"] == FED_SCOPE)
+
+
+def test_a_site_refuses_federated_fine_tuning_by_deleting_the_fed_scope(kits, tmp_path):
+    """docs/hospital-it.md: delete the scope ``lvtl_fed`` from the kit's privacy.json; NVFlare
+    then knows no such scope (a job naming it is refused at deployment), the metrics scope
+    still builds its filter, and ``lvtl site check --kit`` reports the refusal as fine."""
+    kit = tmp_path / "site-2"
+    shutil.copytree(kits / "site-2", kit)
+    _edit_privacy(kit, lambda p: p.update(scopes=[s for s in p["scopes"]
+                                                  if s["name"] != FED_SCOPE]))
+    manager = _privacy_manager(kit, names_only=False)
+    assert manager.get_scope(FED_SCOPE) is None
+    assert [type(f).__name__ for f in manager.get_scope(PRIVACY_SCOPE).task_result_filters[
+        "out"]] == ["MetricsOnlyFilter"]
+    found = check_site_kit(kit)
+    assert all(ok for ok, _ in found), found
+    assert (True, "kit privacy scope 'lvtl_fed': absent, this site refuses federated "
+                  "fine-tuning jobs") in found
+
+
+@pytest.mark.parametrize("edit", [
+    lambda p: _fed(p).update(task_result_filters=[]),
+    lambda p: _fed(p).update(task_result_filters=[
+        {"path": "lvtl.flare.filters.MetricsOnlyFilter", "args": {}}]),
+    lambda p: _fed(p)["task_result_filters"].append(
+        {"path": "nvflare.app_common.filters.exclude_vars.ExcludeVars", "args": {}}),
+    lambda p: p.update(default_scope=FED_SCOPE),
+])
+def test_a_changed_fed_scope_is_a_problem(kits, tmp_path, edit):
+    kit = tmp_path / "site-3"
+    shutil.copytree(kits / "site-3", kit)
+    _edit_privacy(kit, edit)
+    bad = [what for ok, what in check_site_kit(kit) if not ok]
+    assert bad and bad[-1].startswith(f"kit privacy scope {FED_SCOPE!r}: result filters"), bad
+    assert FED_FILTER_PATH in bad[-1] and "delete the scope" in bad[-1]
 
 
 def test_no_role_brings_code_runs_shell_commands_or_operates(kits):
     from nvflare.fuel.sec.authz import AuthzContext, Person
     from nvflare.security.security import FLAuthorizer
 
-    for kit in ("lvtl-server.example.org", *SITES):
+    for kit in ("lvtl-server.example.org", *KIT_SITES):
         policy = json.loads((kits / kit / "local" / "authorization.json").read_text())
         assert policy == authorization_policy()
         assert set(policy["permissions"]) == set(ROLES)
@@ -116,7 +184,7 @@ def test_class_allow_list_and_log_streaming(kits):
                          "resources.json.default").read_text())
     assert CLASS_PREFIX in server["class_allow_list"]
     assert server["class_list_enforcement_mode"] == "enforce"
-    for site in SITES:
+    for site in KIT_SITES:
         res = json.loads((kits / site / "local" / "resources.json.default").read_text())
         assert res["class_allow_list"] == [CLASS_PREFIX]  # a job runs only lvtl's classes
         assert res["class_list_enforcement_mode"] == "enforce"
@@ -355,12 +423,14 @@ def test_provisioned_kits_run_the_study_and_refuse_what_they_must(tmp_path):
 
 
 def test_site_check_reads_the_kit_and_finds_a_loosened_one(kits, tmp_path):
-    """``lvtl site check --kit``: the provisioned kit passes; a kit whose privacy scope got a
-    default, whose authorization lets the coordinator bring code, and whose log streaming was
-    turned on gets one problem line each."""
-    from lvtl.flare.provision import check_site_kit
-
-    assert all(ok for ok, _ in check_site_kit(kits / "site-1")), check_site_kit(kits / "site-1")
+    """``lvtl site check --kit``: the provisioned kit passes; a kit whose privacy scopes got a
+    default (a problem of each scope), whose authorization lets the coordinator bring code, and
+    whose log streaming was turned on gets one problem line each."""
+    for site in KIT_SITES:
+        found = check_site_kit(kits / site)
+        assert all(ok for ok, _ in found), found
+        assert any(what.startswith(f"kit privacy scope {FED_SCOPE!r}: weight updates of the "
+                                   "fed-transfer task only") for _, what in found)
     loose = tmp_path / "site-1"
     shutil.copytree(kits / "site-1", loose)
     privacy = json.loads((loose / "local" / "privacy.json").read_text())
@@ -374,5 +444,6 @@ def test_site_check_reads_the_kit_and_finds_a_loosened_one(kits, tmp_path):
             res = json.loads((loose / "local" / name).read_text())
             (loose / "local" / name).write_text(json.dumps({**res, "allow_log_streaming": True}))
     bad = [what for ok, what in check_site_kit(loose) if not ok]
-    assert len(bad) == 3, bad
-    assert "default" in bad[0] and "project_admin:byoc" in bad[1] and "streaming: on" in bad[2]
+    assert len(bad) == 4, bad
+    assert "default" in bad[0] and FED_SCOPE in bad[1] and "default" in bad[1]
+    assert "project_admin:byoc" in bad[2] and "streaming: on" in bad[3]
