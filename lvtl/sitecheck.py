@@ -2,9 +2,20 @@
 
 One :class:`Finding` per check, each a line a person can act on: the configuration is valid;
 the data root is a readable folder of cases; the cache can be written; the trusted keys parse
-and the revocations are well-formed; a minimum model version is set; and neither the
+and the revocations are well-formed; a minimum model version is set; whether the site's model
+weight updates may leave it (``[federation]``, the fed-transfer arm) and through which NVFlare
+privacy filter, built from its settings as the site task will build it; and neither the
 configuration nor the trust folder can be changed by the account the NVFlare client runs as
 (a site task that could rewrite its own trust would trust whatever a job told it to).
+
+:func:`build_update_filter` is the one place a site's ``[federation] update_filter`` and
+``filter_args`` become an NVFlare filter: here for the check, in ``lvtl.flare.filters`` for the
+fed-transfer task's outgoing update. Its settings are checked by lvtl before NVFlare sees them:
+only the settings listed in :data:`FILTER_ARGS` (a filter's ``data_kinds`` is lvtl's to set,
+not the site's), each of its type and range, because NVFlare's filters accept values with which
+they would let an update leave unfiltered (a percentile outside 0..100 or ``gamma`` 0 in
+PercentilePrivacy, an empty pattern in ExcludeVars) or fail only when the first update is sent
+(an SVT privacy budget that does not add up).
 
 What the permission check can tell: whether ``account`` (default: the account running the
 check) may write the files and folders, from their owner, group and mode bits. What it
@@ -15,17 +26,27 @@ is to run the client under its own unprivileged account.
 
 from __future__ import annotations
 
+import difflib
 import grp
+import inspect
+import math
 import os
 import pwd
+import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nvflare.apis.filter import Filter
+from nvflare.app_common.filters.exclude_vars import ExcludeVars
+from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
+from nvflare.app_common.filters.svt_privacy import SVTPrivacy
+
 from lvtl.artifact import PUBLIC_SUFFIX, TrustStore
-from lvtl.config import SiteConfig, load_site_config
+from lvtl.config import Federation, SiteConfig, UpdateFilter, load_site_config
 from lvtl.data.preprocess import find_cases
-from lvtl.errors import LvtlError
+from lvtl.errors import ConfigError, LvtlError
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,7 @@ def check_site(config: str | Path, account: Account | None = None) -> list[Findi
     found = [Finding(True, f"config {cfg.source}: site {cfg.name} ({cfg.role})")]
     found += _data(cfg)
     found += _trust(cfg)
+    found += _federation(cfg)
     found += _tamper(cfg, account)
     return found
 
@@ -123,6 +145,136 @@ def _trust(cfg: SiteConfig) -> list[Finding]:
     out.append(Finding(store.min_version is not None,
                        f"trust: minimum model version {store.min_version}"
                        if store.min_version else f"{cfg.source}: [trust] min_version is not set"))
+    return out
+
+
+#: The NVFlare filter class each ``[federation] update_filter`` stands for.
+UPDATE_FILTER_CLASSES: dict[UpdateFilter, type[Filter]] = {
+    UpdateFilter.PERCENTILE: PercentilePrivacy,
+    UpdateFilter.SVT: SVTPrivacy,
+    UpdateFilter.EXCLUDE_VARS: ExcludeVars,
+}
+
+
+def _number(test: Callable[[float], bool], what: str) -> tuple[Callable[[object], bool], str]:
+    def ok(v: object) -> bool:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v) and test(v))
+    return ok, what
+
+
+def _regex(v: object) -> bool:
+    if not isinstance(v, str) or not v:
+        return False
+    try:
+        re.compile(v)
+    except re.error:
+        return False
+    return True
+
+
+_POSITIVE = _number(lambda v: v > 0, "a number above 0")
+
+#: The settings (``[federation] filter_args``) each filter takes from a site: name -> (test,
+#: what the value must be). The names are the NVFlare filter's constructor arguments.
+FILTER_ARGS: dict[UpdateFilter, dict[str, tuple[Callable[[object], bool], str]]] = {
+    UpdateFilter.PERCENTILE: {
+        "percentile": _number(lambda v: 0 <= v <= 100, "a number from 0 to 100"),
+        "gamma": _POSITIVE,
+    },
+    UpdateFilter.SVT: {
+        "fraction": _number(lambda v: 0 < v <= 1, "a number above 0, at most 1"),
+        "epsilon": _POSITIVE,
+        "noise_var": _POSITIVE,
+        "gamma": _POSITIVE,
+        "tau": _number(lambda v: v >= 0, "a number, at least 0"),
+        "replace": (lambda v: isinstance(v, bool), "true or false"),
+        "epsilon_threshold": _POSITIVE,
+        "epsilon_query": _POSITIVE,
+        "epsilon_release": _POSITIVE,
+    },
+    UpdateFilter.EXCLUDE_VARS: {
+        "exclude_vars": (_regex, "a non-empty regular expression matching the names of the "
+                                 "layers that never leave"),
+    },
+}
+#: Settings without which a filter would filter nothing.
+REQUIRED_ARGS: dict[UpdateFilter, tuple[str, ...]] = {
+    UpdateFilter.EXCLUDE_VARS: ("exclude_vars",),
+}
+
+
+def build_update_filter(fed: Federation, source: str | Path | None = None) -> Filter | None:
+    """The NVFlare filter a site's fed-transfer weight updates leave through, built from its
+    ``[federation]`` (``None`` for ``update_filter = "none"``); ``source`` is the config file
+    named in errors. Raises :class:`~lvtl.errors.ConfigError` naming the file, the setting and
+    what it must be (see the module docstring)."""
+    where = f"{source}: [federation]" if source else "[federation]"
+    kind = fed.update_filter
+    args = dict(fed.filter_args)
+    if kind is UpdateFilter.NONE:
+        if args:
+            raise ConfigError(f"{where} filter_args given without an update_filter")
+        return None
+    rules = FILTER_ARGS[kind]
+    for name, value in args.items():
+        if name not in rules:
+            close = difflib.get_close_matches(name, list(rules), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where} filter_args: unknown setting {name!r} of update_filter "
+                              f"{kind.value!r}{hint}; allowed: {', '.join(rules)}")
+        test, what = rules[name]
+        if not test(value):
+            raise ConfigError(f"{where} filter_args: {name} = {value!r} must be {what}")
+    missing = [name for name in REQUIRED_ARGS.get(kind, ()) if name not in args]
+    if missing:
+        raise ConfigError(f"{where} filter_args: update_filter {kind.value!r} needs "
+                          f"{missing[0]} ({rules[missing[0]][1]})")
+    cls = UPDATE_FILTER_CLASSES[kind]
+    if kind is UpdateFilter.SVT:
+        _svt_budget(args, where)
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where} filter_args: {cls.__name__} refuses "
+                          f"{', '.join(f'{k} = {v!r}' for k, v in args.items())}: {e}") from None
+
+
+def _svt_budget(args: dict[str, object], where: str) -> None:
+    """SVTPrivacy splits ``epsilon`` into the threshold and query budgets when it sends the
+    first update; a split that does not add up is refused here instead."""
+    nums = {k: float(v) for k, v in args.items() if isinstance(v, (int, float))}
+    epsilon = nums.get("epsilon", inspect.signature(SVTPrivacy).parameters["epsilon"].default)
+    parts = {k: nums[k] for k in ("epsilon_threshold", "epsilon_query") if k in nums}
+    total = sum(parts.values())
+    if (len(parts) == 2 and not math.isclose(total, epsilon, rel_tol=1e-9)) or (
+            len(parts) == 1 and total >= epsilon):
+        raise ConfigError(f"{where} filter_args: {' + '.join(parts)} = {total:g} must "
+                          f"{'equal' if len(parts) == 2 else 'be below'} epsilon = {epsilon:g} "
+                          "(the SVT privacy budget)")
+
+
+def _federation(cfg: SiteConfig) -> list[Finding]:
+    fed = cfg.federation
+    out = [Finding(True, "federation: weight sharing "
+                         + ("allowed: this site's model weight updates may leave it for the "
+                            "fed-transfer arm" if fed.allow_weight_sharing
+                            else "off: no model weights leave this site (it sits out the "
+                                 "fed-transfer arm)"))]
+    settings = ", ".join(f"{k} = {v!r}" for k, v in fed.filter_args)
+    try:
+        build_update_filter(fed, cfg.source)
+    except ConfigError as e:
+        out.append(Finding(False, f"federation: {e}"))
+        return out
+    if fed.update_filter is UpdateFilter.NONE:
+        what = "none (weight updates leave as computed)"
+    else:
+        cls = UPDATE_FILTER_CLASSES[fed.update_filter].__name__
+        what = (f"{fed.update_filter.value} (NVFlare {cls}, "
+                + (settings if settings else "its default settings") + ")")
+    unused = "" if fed.allow_weight_sharing else "; unused while weight sharing is off"
+    out.append(Finding(True, f"federation: update filter {what}{unused}"))
     return out
 
 
