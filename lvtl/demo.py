@@ -38,11 +38,14 @@ from lvtl.io.atomic import write_text
 from lvtl.io.dicom import scan_series
 from lvtl.model.train import TrainConfig, train_site
 from lvtl.parallel import Say
-from lvtl.study.protocol import Arm, Protocol
+from lvtl.study.protocol import LOCAL_ARMS, Arm, Protocol
 from lvtl.study.results import ResultsDoc, Status
 from lvtl.synth.site import generate_site
 
 SITES = ("site-1", "site-2")
+#: The federation of the fed-transfer demo (``lvtl demo --fed``): a third site with a third
+#: scanner and contrast profile, so the sites' data are not alike.
+FED_SITES = ("site-1", "site-2", "site-3")
 #: A site's own progress line in its NVFlare log: the message starts with ``[site-N]``.
 SITE_LINE = re.compile(r" - (\[site-[^\]]+\] .*?)\s*$")
 
@@ -74,6 +77,8 @@ class DemoScale:
     #: the first case of each site is a full CD export (DICOMDIR, localizer, dose objects, a
     #: second reconstruction); the others are their 4D series alone, as a PACS query gives
     export_cases: int = 1
+    site3_cases: int = 14  # the fed-transfer demo's third site, split as site 2
+    fed_rounds: int = 8  # fed-transfer: 8 rounds x 5 epochs x 8 crops = the local 320 steps
 
 
 #: How each demo site's scanner exports its cases, as hospitals' PACS do (lvtl inspect finds
@@ -84,12 +89,18 @@ class DemoScale:
 EXPORTS = {"site-1": {"layout": "series-per-phase", "transfer_syntax": "jpeg-lossless",
                       "export": True},
            "site-2": {"layout": "enhanced", "transfer_syntax": "jpeg-ls", "export": True,
-                      "labels": "rtstruct"}}
+                      "labels": "rtstruct"},
+           "site-3": {"layout": "one-series", "transfer_syntax": "jpeg-lossless",
+                      "export": True}}
 
 
-def _prepare_sites(out: Path, scale: DemoScale, workers: int, say: Say) -> dict:
+def _prepare_sites(out: Path, scale: DemoScale, workers: int, say: Say,
+                   names: tuple[str, ...] = SITES) -> dict:
     sites = {}
-    for site, n in (("site-1", scale.site1_cases), ("site-2", scale.site2_cases)):
+    counts = {"site-1": scale.site1_cases, "site-2": scale.site2_cases,
+              "site-3": scale.site3_cases}
+    for site in names:
+        n = counts[site]
         data, cache = out / "data" / site, out / "cache" / site
         t0 = time.perf_counter()
         made = generate_site(site, n, data, workers=workers, export_cases=scale.export_cases,
@@ -155,11 +166,13 @@ def _sign(out: Path, checkpoint: Path, say: Say) -> Path:
     return art
 
 
-def _site_configs(out: Path, say: Say) -> Path:
+def _site_configs(out: Path, say: Say, names: tuple[str, ...] = SITES,
+                  share: bool = False) -> Path:
     """Each hospital's own configuration: where its data and cache are and which key it pins
-    (the job never says where a site's data is)."""
+    (the job never says where a site's data is); with ``share``, each allows its weight
+    updates to leave for the fed-transfer arm."""
     root = out / "sites"
-    for site in SITES:
+    for site in names:
         d = root / site
         (d / "trusted").mkdir(parents=True, exist_ok=True)
         for pub in (out / "owner-keys").glob(f"*{PUBLIC_SUFFIX}"):
@@ -168,7 +181,8 @@ def _site_configs(out: Path, say: Say) -> Path:
         write_text(d / "site.toml",
                    f'[site]\nname = "{site}"\nrole = "{role}"\n[data]\n'
                    f'root = "{out / "data" / site}"\ncache = "{out / "cache" / site}"\n'
-                   '[trust]\nkeys = "trusted"\nmin_version = "1.0.0"\n')
+                   '[trust]\nkeys = "trusted"\nmin_version = "1.0.0"\n'
+                   + ("[federation]\nallow_weight_sharing = true\n" if share else ""))
     say(f"[sites] configuration and pinned public key per site in {root}")
     return root
 
@@ -184,26 +198,29 @@ def _job_process(protocol: Protocol, settings: JobSettings, env: dict[str, str],
     run_job(protocol, settings)
 
 
-def demo_protocol(scale: DemoScale) -> Protocol:
-    """The study protocol the demo's job sends to the sites."""
-    return Protocol(arms=tuple(Arm), sizes=scale.sizes, epochs=scale.study_epochs,
-                    samples_per_epoch=scale.study_samples, crop=scale.crop,
-                    downsample=scale.downsample, val_every=scale.study_val_every,
-                    lr_transfer=scale.lr_transfer)
+def demo_protocol(scale: DemoScale, fed: bool = False) -> Protocol:
+    """The study protocol the demo's job sends to the sites (with ``fed``, the fed-transfer
+    arm too)."""
+    return Protocol(arms=LOCAL_ARMS + ((Arm.FED_TRANSFER,) if fed else ()), sizes=scale.sizes,
+                    epochs=scale.study_epochs, samples_per_epoch=scale.study_samples,
+                    crop=scale.crop, downsample=scale.downsample,
+                    val_every=scale.study_val_every, lr_transfer=scale.lr_transfer,
+                    fed_rounds=scale.fed_rounds)
 
 
-def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, say: Say) -> Path:
+def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, say: Say,
+             names: tuple[str, ...] = SITES, fed: bool = False) -> Path:
     ws, log_path = out / "flare", out / "logs" / "flare-simulator.log"
     report_dir = out / "report"
     shutil.rmtree(ws, ignore_errors=True)  # a fresh simulator run; site work dirs are kept
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    settings = JobSettings(artifact=art, env="sim", clients=SITES, workspace=ws, timeout=3600,
-                           report_dir=report_dir)
+    settings = JobSettings(artifact=art, env="sim", clients=names, workspace=ws, timeout=3600,
+                           report_dir=report_dir, fed_state=out / "fed-state")
     env = {"LVTL_SITES_DIR": str(sites_dir), "PYTHONUNBUFFERED": "1",
            "LVTL_WORK_DIR": str(out / "site-work"),
            # the sites share this machine's cores: one share each, no oversubscription
-           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(SITES)))}
-    say(f"[flare] NVFlare simulator: server + {', '.join(SITES)}; full log {log_path}")
+           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(names)))}
+    say(f"[flare] NVFlare simulator: server + {', '.join(names)}; full log {log_path}")
     t0 = time.perf_counter()
     seen: dict[Path, int] = {}
 
@@ -218,7 +235,7 @@ def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, say: Say) 
                 seen[f] = fh.tell()
 
     proc = multiprocessing.get_context("spawn").Process(
-        target=_job_process, args=(demo_protocol(scale), settings, env, log_path))
+        target=_job_process, args=(demo_protocol(scale, fed), settings, env, log_path))
     proc.start()
     while proc.is_alive():
         proc.join(2)
@@ -234,16 +251,20 @@ def _run_job(out: Path, art: Path, sites_dir: Path, scale: DemoScale, say: Say) 
 
 
 def run_demo(out: str | Path, scale: DemoScale | None = None, *, workers: int = 2,
-             say: Say = print) -> Path:
+             fed: bool = False, say: Say = print) -> Path:
+    """The demo in ``out``; with ``fed``, three sites (site-3 too) that share their weight
+    updates, and the fed-transfer arm beside the local ones."""
     scale = scale or DemoScale()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    names = FED_SITES if fed else SITES
     t_start = time.perf_counter()
-    summary: dict = {"schema": "lvtl.demo/2", "sites": _prepare_sites(out, scale, workers, say)}
+    summary: dict = {"schema": "lvtl.demo/2",
+                     "sites": _prepare_sites(out, scale, workers, say, names)}
     checkpoint = _pretrain(out, scale, say)
     art = _sign(out, checkpoint, say)
-    sites_dir = _site_configs(out, say)
-    report = _run_job(out, art, sites_dir, scale, say)
+    sites_dir = _site_configs(out, say, names, share=fed)
+    report = _run_job(out, art, sites_dir, scale, say, names, fed)
     doc = ResultsDoc.from_dict(json.loads(report.read_text()), str(report))
     for name, sec in doc.sites.items():
         if sec.status != Status.OK:

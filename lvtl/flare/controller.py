@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 
-from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from lvtl.errors import ConfigError
+from lvtl.flare.alive import DEAD_AFTER, heartbeats, silent_for
+from lvtl.flare.fed import artifact_folder, read_global, read_record, state_dir, state_root
 from lvtl.flare.site import pack_artifact
-from lvtl.study.protocol import Protocol
+from lvtl.study.protocol import Arm, Protocol
 from lvtl.study.report import write_report
 from lvtl.study.results import Reason, ResultsDoc, SiteResults, Status
 
@@ -22,11 +20,6 @@ TASK = "lvtl_study"
 #: Seconds the server waits for a site's results (a week: a paper-scale study at a site runs
 #: for days on a GPU); 0 waits without limit.
 DEFAULT_TIMEOUT = 7 * 24 * 3600
-#: A running site task tells the server it is alive this often (seconds) ...
-ALIVE_EVERY = 10.0
-#: ... and a site silent for this long is taken as dead.
-DEAD_AFTER = 120.0
-ALIVE_TOPIC = "lvtl.alive"
 
 
 class StudyController(ModelController):
@@ -41,32 +34,29 @@ class StudyController(ModelController):
 
     def __init__(self, artifact: str = "artifact", protocol: dict | None = None,
                  timeout: int = DEFAULT_TIMEOUT, task_name: str = TASK,
-                 dead_after: float = DEAD_AFTER):
+                 dead_after: float = DEAD_AFTER, fed_state: str = ""):
         super().__init__(persistor_id="", ignore_result_error=True)
         self.artifact = artifact
         self.protocol = dict(protocol or {})
         self.timeout = int(timeout)
         self.task_name = task_name
         self.dead_after = float(dead_after)
-
-    def _artifact_dir(self) -> Path:
-        if os.path.isabs(self.artifact):
-            return Path(self.artifact)
-        # the job carries the artifact's files in the server app's config folder (not in
-        # custom/: the job brings no code)
-        return Path(self.get_app_dir()) / "config" / self.artifact
+        self.fed_state = fed_state  # where the fed-transfer workflows keep their state
 
     def run(self) -> None:
-        files = pack_artifact(self._artifact_dir())
+        # the job carries the artifact's files in the server app's config folder (not in
+        # custom/: the job brings no code)
+        files = pack_artifact(artifact_folder(self, self.artifact))
         clients = self.sample_clients()
         sites = {name: SiteResults.pending() for name in clients}
         protocol = Protocol.from_dict(self.protocol)
+        federation, fed = self._federation(files, protocol)
         lock = threading.Lock()
 
         def write() -> None:  # after every change: a server crash loses nothing received
             with lock:
-                out = write_report(ResultsDoc(sites=dict(sites), protocol=protocol),
-                                   self.get_run_dir())
+                out = write_report(ResultsDoc(sites=dict(sites), protocol=protocol,
+                                              federation=federation), self.get_run_dir())
             self.info(f"report written: {out}")
 
         def collect(result: FLModel) -> None:
@@ -85,29 +75,21 @@ class StudyController(ModelController):
         write()  # every site pending
         # one task per site: a site that dies or times out ends only its own task, so the
         # others' results are never dropped with it
-        seen = {name: time.monotonic() for name in clients}  # last sign of life
-
-        def alive(topic: str, request: Shareable, fl_ctx: FLContext) -> Shareable:
-            name = fl_ctx.get_peer_context().get_identity_name() if fl_ctx.get_peer_context() \
-                else None
-            if name in seen:
-                seen[name] = time.monotonic()
-            return Shareable()
-
-        self.engine.register_aux_message_handler(ALIVE_TOPIC, alive)
+        sent = time.monotonic()
+        heartbeats(self.engine)  # from now on the sites' signs of life are recorded
         self.info(f"sending the study to {', '.join(clients)}")
         for name in clients:
-            task = FLModel(params={"artifact": files, "protocol": self.protocol},
+            task = FLModel(params={"artifact": files, "protocol": self.protocol, "fed": fed},
                            current_round=0, total_rounds=1)
             self.send_model(task_name=self.task_name, data=task, targets=[name],
                             timeout=self.timeout, callback=collect)
         while self.get_num_standing_tasks() > 0 and not self.abort_signal.triggered:
             time.sleep(1.0)
-            now = time.monotonic()
             for name, sec in sites.items():
                 # silent: its process died, it lost the network, or it never took the task
                 # (refused the job at deployment, was not started)
-                if sec.status == Status.PENDING and now - seen[name] > self.dead_after:
+                if (sec.status == Status.PENDING
+                        and silent_for(self.engine, name, sent) > self.dead_after):
                     self.error(f"{name} has not been heard from for {self.dead_after:.0f} s: "
                                "taken as lost")
                     sites[name] = SiteResults.failed(Reason.SITE_LOST)
@@ -121,3 +103,21 @@ class StudyController(ModelController):
                            f"did not finish within the timeout ({self.timeout or 'none'} s)")
                 sites[name] = SiteResults.failed(Reason.NO_RESULTS)
         write()
+
+    def _federation(self, files: dict[str, bytes], protocol: Protocol) -> tuple:
+        """The fed-transfer arm's record and final models (run by the
+        :class:`~lvtl.flare.fed.FedTransfer` workflows before this one): ``(FedStudy or
+        None, {size: {"params": weights, "sites": names}})``."""
+        if Arm.FED_TRANSFER not in protocol.arms:
+            return None, {}
+        names = sorted(c.name for c in self.engine.get_clients())
+        folder = state_dir(state_root(self, self.fed_state), files, protocol, names)
+        record = read_record(folder, protocol)
+        fed = {}
+        for run in record.runs:
+            params = (read_global(folder, run.size, run.completed) if run.completed and run.sites
+                      else None)
+            if params is not None:
+                fed[str(run.size)] = {"params": params, "sites": list(run.sites)}
+        self.info(f"fed-transfer models to evaluate: sizes {', '.join(fed) or 'none'}")
+        return record, fed

@@ -8,19 +8,22 @@ allow-list admits (``lvtl.flare.provision``). The work is :func:`lvtl.flare.site
 from __future__ import annotations
 
 import os
-import threading
 
 from nvflare.apis.app_validation import AppValidationKey
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.executor import Executor
-from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.fl_exception import UnsafeJobError
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
-from lvtl.flare.controller import ALIVE_EVERY, ALIVE_TOPIC, TASK
-from lvtl.flare.site import run_task
+from lvtl.flare.alive import KeepAlive
+from lvtl.flare.controller import TASK
+from lvtl.flare.fed import ARTIFACT, EVENT, FED_TASK, N_TRAIN, PROTOCOL, REASON, SIZE
+from lvtl.flare.site import FedReply, FedSite, run_task
 
 
 def ships_code(fl_ctx: FLContext) -> bool:
@@ -46,41 +49,58 @@ class StudyExecutor(Executor):
     the job could replace this executor, so it is no guard on its own.
     """
 
-    def __init__(self, task_name: str = TASK):
+    def __init__(self, task_name: str = TASK, fed_task_name: str = FED_TASK):
         super().__init__()
-        self.task_name = task_name
+        self.task_name, self.fed_task_name = task_name, fed_task_name
+        self._fed: FedSite | None = None  # the fed-transfer arm's state for this job
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext,
                 abort_signal: Signal) -> Shareable:
-        if task_name != self.task_name:
-            self.log_error(fl_ctx, f"unknown task {task_name!r}: only {self.task_name!r} runs")
+        if task_name not in (self.task_name, self.fed_task_name):
+            self.log_error(fl_ctx, f"unknown task {task_name!r}: only {self.task_name!r} and "
+                                   f"{self.fed_task_name!r} run")
             return make_reply(ReturnCode.TASK_UNKNOWN)
         if ships_code(fl_ctx):
             self.log_error(fl_ctx, "refused the job: it ships code of its own (custom/), and "
                                    "this site runs only the lvtl it installed")
             raise UnsafeJobError("the job ships custom code")
+        if task_name == self.fed_task_name:
+            return self._fed_round(shareable, fl_ctx)
         try:
             params = from_shareable(shareable).data
         except ValueError:
             params = None
         site = fl_ctx.get_identity_name()
-        done = threading.Event()
-        alive = threading.Thread(target=self._keep_alive, args=(fl_ctx, done), daemon=True,
-                                 name="lvtl-alive")
-        alive.start()
-        try:
+        with KeepAlive(fl_ctx):  # the server hears from this task while it runs
             section = run_task(site, params if isinstance(params, dict) else {},
                                say=lambda m: self.log_info(fl_ctx, m))
-        finally:
-            done.set()
         return DXO(DataKind.WEIGHTS, data={"site": section}).to_shareable()
 
-    def _keep_alive(self, fl_ctx: FLContext, done: threading.Event) -> None:
-        """Tell the server every ``ALIVE_EVERY`` seconds that the task is still running (an
-        empty message: the topic is all it says), so a site whose process died is found in
-        minutes, not after the task's timeout."""
-        engine = fl_ctx.get_engine()
-        while not done.wait(ALIVE_EVERY):
-            with engine.new_context() as ctx:
-                engine.send_aux_request(targets=None, topic=ALIVE_TOPIC, request=Shareable(),
-                                        timeout=0, fl_ctx=ctx, optional=True)
+    def _fed_round(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        """One fed-transfer round (:class:`lvtl.flare.site.FedSite`); the reply is the
+        weight update (or why there is none) that the site's
+        :class:`~lvtl.flare.filters.FedUpdateFilter` checks on its way out."""
+        site = fl_ctx.get_identity_name()
+        if self._fed is None:
+            self._fed = FedSite(site, say=lambda m: self.log_info(fl_ctx, m))
+        try:
+            task = FLModelUtils.from_shareable(shareable)
+        except (ValueError, TypeError):
+            task = FLModel(params={}, meta={})
+        meta = task.meta or {}
+        params = {"protocol": meta.get(PROTOCOL), "artifact": meta.get(ARTIFACT),
+                  "size": meta.get(SIZE), "round": task.current_round}
+        with KeepAlive(fl_ctx):
+            reply = self._fed.round(params, task.params)
+        return FLModelUtils.to_shareable(fed_result(reply))
+
+
+def fed_result(reply: FedReply) -> FLModel:
+    """A site's fed-transfer round reply as NVFlare's FLModel: the weight difference with its
+    number of training cases and steps, or no weights and the fixed codes of why."""
+    if reply.update is None:
+        return FLModel(params={}, params_type=ParamsType.DIFF,
+                       meta={EVENT: reply.event.value if reply.event else "",
+                             REASON: reply.reason.value})
+    return FLModel(params=reply.update, params_type=ParamsType.DIFF,
+                   meta={N_TRAIN: reply.n_train, FLMetaKey.NUM_STEPS_CURRENT_ROUND: reply.steps})

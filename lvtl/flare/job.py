@@ -27,6 +27,7 @@ from nvflare.lighter.utils import load_yaml
 from nvflare.recipe import PocEnv, ProdEnv, SimEnv
 
 from lvtl.errors import ConfigError, LvtlError
+from lvtl.flare.alive import ALIVE_EVERY, DEAD_AFTER
 from lvtl.flare.controller import DEFAULT_TIMEOUT
 from lvtl.flare.provision import allow_in_simulator
 from lvtl.flare.recipe import StudyRecipe
@@ -54,6 +55,11 @@ class JobSettings:
             enforce the production kits' policy.
         timeout: seconds the server waits for each site (0: no limit).
         report_dir: where the server's report is copied when the job ends.
+        fed_state: the server's folder for the fed-transfer arm's state across jobs (a rerun
+            resumes after the last completed round); default: ``<workspace>/lvtl-fed-state``
+            in the simulator (whose job folder is made anew each run), the server's
+            workspace otherwise.
+        dead_after: seconds of silence after which the server takes a site as lost.
     """
 
     artifact: Path
@@ -65,6 +71,8 @@ class JobSettings:
     project: Path = Path("sites/project.yml")
     timeout: int = DEFAULT_TIMEOUT
     report_dir: Path = Path("lvtl-report")
+    fed_state: Path | None = None
+    dead_after: float = DEAD_AFTER
 
 
 def parser() -> argparse.ArgumentParser:
@@ -87,7 +95,16 @@ def parser() -> argparse.ArgumentParser:
                         type=None if o.kind is str else o.kind)
     ap.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
                     help="seconds the server waits for each site's results (default: a week; "
-                         "0: no limit); a site not heard from for two minutes is taken as lost")
+                         "0: no limit); a site not heard from for --dead-after seconds is taken "
+                         "as lost")
+    ap.add_argument("--dead-after", type=float, default=DEAD_AFTER,
+                    help="seconds of silence after which the server takes a site as lost "
+                         f"(its task says it is alive every {ALIVE_EVERY:g} s; default: "
+                         f"{DEAD_AFTER:g})")
+    ap.add_argument("--fed-state",
+                    help="the server's folder for the fed-transfer arm's state across jobs "
+                         "(default: WORKSPACE/lvtl-fed-state in sim, the server's workspace "
+                         "otherwise)")
     ap.add_argument("--report-dir", default="lvtl-report",
                     help="where the server's report is copied when the job ends")
     ap.add_argument("--export", action="store_true", help="write the job folder and stop")
@@ -121,9 +138,13 @@ def copy_report(report: Path, out_dir: str | Path) -> Path:
 
 
 def recipe(protocol: Protocol, settings: JobSettings) -> StudyRecipe:
+    fed_state = settings.fed_state
+    if fed_state is None and settings.env == "sim":
+        fed_state = settings.workspace / "lvtl-fed-state"
     return StudyRecipe(settings.artifact, protocol,
                        min_clients=len(settings.clients) if settings.env != "prod" else 1,
-                       timeout=settings.timeout)
+                       timeout=settings.timeout, dead_after=settings.dead_after,
+                       fed_state=str(Path(fed_state).resolve()) if fed_state else "")
 
 
 def project_clients(project: Path) -> list[str]:
@@ -199,7 +220,9 @@ def run(argv: list[str] | None = None) -> Path | None:
         clients=tuple(c for c in args.clients.split(",") if c), workspace=Path(args.workspace),
         startup_kit=Path(args.startup_kit) if args.startup_kit else None,
         username=args.username, project=Path(args.project), timeout=args.timeout,
-        report_dir=Path(args.report_dir))
+        report_dir=Path(args.report_dir),
+        fed_state=Path(args.fed_state) if args.fed_state else None,
+        dead_after=args.dead_after)
     if args.export:
         recipe(protocol, settings).export(args.export_dir)
         print(f"{args.export_dir}/lvtl_study")

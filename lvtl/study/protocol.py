@@ -213,5 +213,5 @@ def from_options(values: dict[str, Any], base: Protocol | None = None) -> Protoc
     return dataclasses.replace(base or Protocol(), **parsed)
 
 
-__all__ = ["Arm", "LOCAL_ARMS", "EvalGrid", "Protocol", "Option", "options", "parse_option", "parse_ints",
-           "from_options"]
+__all__ = ["Arm", "LOCAL_ARMS", "EvalGrid", "Protocol", "Option", "options", "parse_option",
+           "parse_ints", "from_options"]

@@ -91,6 +91,7 @@ class Reason(StrEnum):
     NO_RESULTS = "no_results"
     SITE_LOST = "site_lost"
     INVALID_RESULTS = "invalid_results"
+    FED_MODEL_INVALID = "fed_model_refused"
 
 
 REASON_TEXT = {
@@ -109,6 +110,9 @@ REASON_TEXT = {
     Reason.SITE_LOST: ("site lost: not heard from for minutes (its process ended, its network "
                        "went down, or it refused or never started the job)"),
     Reason.INVALID_RESULTS: "the site's reply was not a valid results section",
+    Reason.FED_MODEL_INVALID: ("the federation's model was refused: not the signed model's "
+                               "layers and shapes, non-finite values, or round 0 not the "
+                               "signed model"),
 }
 
 

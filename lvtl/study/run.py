@@ -190,14 +190,42 @@ def summarize_run(arm: Arm | str, size: int, evals: list[CaseEval], **extra) -> 
         **extra)
 
 
+def train_config(protocol: Protocol, arm: Arm, progress: bool = False) -> TrainConfig:
+    """How an arm trains under the protocol (the fed-transfer arm: the transfer arm's
+    schedule, split into rounds)."""
+    return TrainConfig(epochs=protocol.epochs, samples_per_epoch=protocol.samples_per_epoch,
+                       crop=tuple(protocol.crop), spacing_mm=float(protocol.downsample),
+                       seed=protocol.seed, lr=protocol.lr(arm), val_every=protocol.val_every,
+                       device=protocol.device, bf16=protocol.bf16, progress=progress)
+
+
+@dataclass(frozen=True)
+class SiteSplit:
+    """A site's split and nested training sets under a protocol (the same for every arm)."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    subsets: dict[int, tuple[str, ...]]
+
+
+def site_split(case_ids: list[str], protocol: Protocol) -> SiteSplit:
+    """The protocol's split of a site's cases and its nested training sets."""
+    split = split_cases(sorted(case_ids), seed=protocol.split_seed)
+    return SiteSplit(tuple(split.train), tuple(split.val), tuple(split.test),
+                     nested_subsets(split.train, protocol.sizes, seed=protocol.split_seed))
+
+
 def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
               protocol: Protocol, out_dir: str | Path, *, site: str = "site",
               excluded: dict | None = None, progress: bool = False,
-              say: Say = print) -> SiteResults:
+              fed_models: dict[int, dict] | None = None, say: Say = print) -> SiteResults:
     """Run the protocol on a site's cases (:func:`lvtl.data.cache.load_site_cases`); returns
     the site's results section and writes it to ``out_dir/results.json`` (atomically).
     Training runs live in ``out_dir/runs/<arm>-<size>/`` and resume from their checkpoints
-    when rerun."""
+    when rerun. ``fed_models``: the fed-transfer arm's final model per training size, trained
+    by the federation (the federated job; a size the site did not take part in is absent),
+    evaluated here like the other arms."""
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,15 +237,17 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
         raise ConfigError(f"{site}: {off_grid} case(s) not at the protocol's grid (downsample "
                           f"{protocol.downsample}); load them with load_site_cases(cache, "
                           "protocol.downsample)")
+    if Arm.FED_TRANSFER in protocol.arms and fed_models is None:
+        raise ConfigError("the fed-transfer arm runs only in the federated job "
+                          "(jobs/lvtl_study/job.py); a site alone runs the other arms")
     by_id = {c.case_id: c for c in cases}
-    split = split_cases(sorted(by_id), seed=protocol.split_seed)
-    subsets = nested_subsets(split.train, protocol.sizes, seed=protocol.split_seed)
+    split = site_split(list(by_id), protocol)
+    subsets = split.subsets
     test = [by_id[i] for i in split.test]
     val = [by_id[i] for i in split.val]
     say(f"[{site}] {len(cases)} cases: {len(split.train)} train, {len(val)} val, "
         f"{len(test)} test; sizes {sorted(subsets)}")
     runs: list[Run] = []
-    spacing = float(protocol.downsample)  # the model's grid (the cache grid being 1 mm)
     grid = protocol.eval_grid
     # the evaluation grid's spacing (a site's cases share one; the coarsest if not)
     eval_mm = max(max(eval_truth(c, grid)[1]) for c in test)
@@ -236,23 +266,21 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
     if Arm.BASELINE in protocol.arms:
         evaluate(build_model(source_config, source_state), Arm.BASELINE, 0)
     for size, ids in subsets.items():
-        for arm in [a for a in Arm if a.trains and a in protocol.arms]:
+        for arm in [a for a in Arm if a.trains and a.local and a in protocol.arms]:
             if arm is Arm.TRANSFER:
                 model = build_model(source_config, source_state)
             else:
                 model = build_model(source_config)
                 init_weights(model, protocol.init, seed=protocol.seed)
-            cfg = TrainConfig(epochs=protocol.epochs, samples_per_epoch=protocol.samples_per_epoch,
-                              crop=tuple(protocol.crop), spacing_mm=spacing,
-                              seed=protocol.seed, lr=protocol.lr(arm),
-                              val_every=protocol.val_every, device=protocol.device,
-                              bf16=protocol.bf16, progress=progress)
+            cfg = train_config(protocol, arm, progress)
             res = train(model, [by_id[i] for i in ids], val, cfg, out / "runs" / f"{arm}-{size}",
                         transfer=arm is Arm.TRANSFER, meta={"provenance": {"site": site}},
                         say=lambda m: say(f"[{site}] {m}"), restart_on_change=True)
             load_checkpoint_weights(model, res.best_path)
             evaluate(model, arm, size, best_epoch=res.best_epoch, val_dice=res.best_val_dice,
                      train_seconds=round(res.seconds, 2))
+        if Arm.FED_TRANSFER in protocol.arms and size in (fed_models or {}):
+            evaluate(build_model(source_config, fed_models[size]), Arm.FED_TRANSFER, size)
     section = SiteResults(
         status=Status.OK, n_test=len(test), n_cases=len(cases),
         split=SplitSizes(train=len(split.train), val=len(split.val), test=len(split.test)),
@@ -263,5 +291,5 @@ def run_study(cases: list[CachedCase], source_state: dict, source_config: dict,
     return section
 
 
-__all__ = ["CaseEval", "run_study", "evaluate_case", "eval_truth", "summarize_run",
-           "truth_thickness"]
+__all__ = ["CaseEval", "run_study", "train_config", "site_split", "SiteSplit", "evaluate_case",
+           "eval_truth", "summarize_run", "truth_thickness"]
