@@ -38,7 +38,7 @@ def fed_job(federation, ws, report, work, *extra):
     cmd = [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
            str(federation / "artifact"), "--env", "sim", "--clients",
            "site-1,site-2,site-3,site-4", "--workspace", str(ws),
-           "--arms", "baseline,transfer,fed-transfer", "--sizes", "1", "--epochs", "2",
+           "--arms", "baseline,fed-transfer", "--sizes", "1", "--epochs", "2",
            "--fed-rounds", "2", "--samples-per-epoch", "1", "--crop", "2,24,32,32",
            "--downsample", "2", "--timeout", "900", "--report-dir", str(report), *extra]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
@@ -85,16 +85,74 @@ def test_fedavg_in_the_simulator_averages_the_sites_updates(federation, tmp_path
     for name in SHARING:
         sec = sites[name]
         assert sec["status"] == "ok", sec
-        assert [r["arm"] for r in sec["runs"]] == ["baseline", "transfer", "fed-transfer"]
+        assert [r["arm"] for r in sec["runs"]] == ["baseline", "fed-transfer"]
         assert sec["weight_sharing"] is True and sec["update_filter"] == "none"
         assert check_section(sec) == []
-    assert [r["arm"] for r in sites["site-4"]["runs"]] == ["baseline", "transfer"]
+    assert [r["arm"] for r in sites["site-4"]["runs"]] == ["baseline"]
     assert sites["site-4"]["weight_sharing"] is False
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "site-4" in md and "opted out" in md
 
-    # a rerun of the same job finds every round done and trains nothing again
-    again = fed_job(federation, tmp_path / "ws", tmp_path / "report2", work)
-    assert again["federation"]["runs"][0]["completed"] == 2
-    assert again["federation"]["runs"][0]["round_seconds"] == run["round_seconds"]
+
+def test_a_site_that_drops_out_is_left_out_and_a_rerun_resumes(federation, tmp_path):
+    """site-3's process is killed after the first round: the round it was in goes on without
+    it once it has been silent for --dead-after, and it is left out after; then the server is
+    killed. The rerun resumes after the last completed round, without site-3, and finishes."""
+    import signal
+    import time
+
+    from procs import kill_all_under, simulator_pid
+
+    ws, work = tmp_path / "ws", tmp_path / "work"
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"), "LVTL_WORK_DIR": str(work),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+           str(federation / "artifact"), "--env", "sim", "--clients", ",".join(SHARING),
+           "--workspace", str(ws), "--arms", "fed-transfer", "--sizes", "1", "--epochs", "4",
+           "--fed-rounds", "4", "--samples-per-epoch", "1", "--crop", "2,24,32,32",
+           "--downsample", "2", "--timeout", "900", "--dead-after", "15"]
+    state = ws / "lvtl-fed-state" / "lvtl-fed"
+
+    def record():
+        found = list(state.glob("*/federation.json"))
+        return json.loads(found[0].read_text())["runs"][0] if found else None
+
+    def wait_for(ready, proc, seconds):
+        deadline = time.time() + seconds
+        while not ready(record()):
+            assert time.time() < deadline and proc.poll() is None, "never came"
+            time.sleep(0.2)
+        return record()
+
+    proc = subprocess.Popen([*cmd, "--report-dir", str(tmp_path / "r1")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda r: r and r["completed"] >= 1, proc, 600)
+        os.kill(simulator_pid(b"simulator_worker", "site-3"), signal.SIGKILL)
+        run = wait_for(lambda r: r["events"], proc, 300)  # a round ended without site-3
+    finally:
+        proc.kill()  # the server, before the last round
+        kill_all_under(ws)
+        proc.communicate(timeout=60)
+    ((site, dropped, kind),) = [(e["site"], e["round"], e["kind"]) for e in run["events"]]
+    assert (site, kind) == ("site-3", "dropped") and dropped >= 1
+    run = record()
+    assert dropped + 1 <= run["completed"] < 4 and run["sites"] == ["site-1", "site-2"]
+
+    again = subprocess.run([*cmd, "--report-dir", str(tmp_path / "r2")], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    doc = json.loads((tmp_path / "r2" / "report.json").read_text())
+    (fed,) = doc["federation"]["runs"]
+    assert fed["completed"] == 4 and fed["resumed_from"] == run["completed"]
+    assert fed["sites"] == ["site-1", "site-2"] and len(fed["round_seconds"]) == 4
+    assert [(e["site"], e["round"], e["kind"]) for e in fed["events"]] == [
+        ("site-3", dropped, "dropped")]
+    for name in ("site-1", "site-2"):
+        assert [r["arm"] for r in doc["sites"][name]["runs"]] == ["fed-transfer"]
+    assert doc["sites"]["site-3"]["runs"] == []  # it did not train the federation's model
+    md = (tmp_path / "r2" / "report.md").read_text()
+    assert "site-3" in md and "dropped" in md
 
 
 # --------------------------------------------------------------------------- the parts
@@ -218,9 +276,9 @@ def _reply(update, **meta):
 
 
 def test_the_update_filter_lets_weights_leave_only_where_the_site_allows(tmp_path, monkeypatch):
-    from nvflare.apis.dxo import DataKind, from_shareable
+    from nvflare.apis.dxo import from_shareable
 
-    from lvtl.flare.fed import EVENT, FED_TASK, FILTER, N_TRAIN, REASON
+    from lvtl.flare.fed import EVENT, FED_TASK, REASON
     from lvtl.flare.filters import FedUpdateFilter
 
     update = {"w": np.linspace(-1, 1, 100, dtype=np.float32).reshape(10, 10)}

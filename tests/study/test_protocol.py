@@ -69,3 +69,21 @@ def test_the_evaluation_grid_is_an_option_with_a_default_and_a_json_round_trip()
     assert not opt.site_only  # the coordinator's protocol chooses it for every site
     with pytest.raises(ConfigError, match="unknown eval_grid 'nativ' .did you mean 'native'"):
         proto.from_options({"eval_grid": "nativ"})
+
+
+def test_the_fed_transfer_arm_splits_the_schedule_into_equal_rounds():
+    from lvtl.errors import ConfigError
+    from lvtl.study.protocol import LOCAL_ARMS, Arm, Protocol
+
+    assert Protocol().arms == LOCAL_ARMS and Arm.FED_TRANSFER not in Protocol().arms
+    p = Protocol(arms=("transfer", "fed-transfer"), epochs=40, fed_rounds=8)
+    assert p.fed_epochs == 5 and p.lr(Arm.FED_TRANSFER) == p.lr_transfer
+    assert not Arm.FED_TRANSFER.local and Arm.FED_TRANSFER.trains
+    with pytest.raises(ConfigError, match="multiple of fed_rounds"):
+        Protocol(arms=("fed-transfer",), epochs=10, fed_rounds=4)
+    Protocol(epochs=10, fed_rounds=4)  # without the arm the rounds do not matter
+    with pytest.raises(ConfigError, match="fed_mu"):
+        Protocol(fed_mu=-0.1)
+    with pytest.raises(ConfigError, match="fed_rounds must be at least 1"):
+        Protocol(fed_rounds=0)
+    assert Protocol.from_dict(p.to_dict()) == p

@@ -118,6 +118,10 @@ def test_bad_protocols_are_refused():
         Protocol.from_dict({"arms": ["random"], "colour": "blue"})
     with pytest.raises(ConfigError, match="at least 3"):
         run_study([site2_case(0), site2_case(1)], {}, {}, Protocol(), "/nonexistent")
+    # a site alone cannot run the federated arm (no federation's models to evaluate)
+    with pytest.raises(ConfigError, match="only in the federated job"):
+        run_study([site2_case(i) for i in range(3)], {}, {},
+                  Protocol(arms=("baseline", "fed-transfer"), epochs=8), "/nonexistent")
 
 
 def test_cli_trains_signs_and_studies_with_the_signed_model(tmp_path, site1_model):
