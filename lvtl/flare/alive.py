@@ -51,7 +51,8 @@ def silent_for(engine, site: str, since: float) -> float:
 
 class KeepAlive:
     """At a site, while a task runs (``with KeepAlive(fl_ctx):``): an empty message on
-    ``ALIVE_TOPIC`` to the server every ``ALIVE_EVERY`` seconds."""
+    ``ALIVE_TOPIC`` to the server as the task starts and then every ``ALIVE_EVERY``
+    seconds."""
 
     def __init__(self, fl_ctx: FLContext):
         self.engine = fl_ctx.get_engine()
@@ -66,7 +67,9 @@ class KeepAlive:
         self.done.set()
 
     def _run(self) -> None:
-        while not self.done.wait(ALIVE_EVERY):
+        wait = 0.0  # the first at once: the server knows the task was taken
+        while not self.done.wait(wait):
+            wait = ALIVE_EVERY
             with self.engine.new_context() as ctx:
                 self.engine.send_aux_request(targets=None, topic=ALIVE_TOPIC,
                                              request=Shareable(), timeout=0, fl_ctx=ctx,
