@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def simulator_pid(marker: bytes, client: str | None = None) -> int | None:
+def simulator_pid(marker: bytes, client: str | None = None,
+                  under: str | Path | None = None) -> int | None:
     """pid of the process whose command line holds ``marker`` (e.g. ``b"simulator_worker"``)
-    and, if given, ``--client <client>``; None if there is none."""
+    and, if given, ``--client <client>`` and the path ``under`` (the test's workspace, so a
+    simulator of another run on this machine is never touched); None if there is none."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -16,6 +18,8 @@ def simulator_pid(marker: bytes, client: str | None = None) -> int | None:
         except OSError:
             continue
         if not any(marker in a for a in args):
+            continue
+        if under is not None and not any(str(under).encode() in a for a in args):
             continue
         if client is None or (b"--client" in args
                               and args[args.index(b"--client") + 1] == client.encode()):

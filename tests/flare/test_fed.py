@@ -132,7 +132,7 @@ def test_a_site_that_drops_out_is_left_out_and_a_rerun_resumes(federation, tmp_p
         while not list(work.glob("site-3/*/fed/size-1/update-round-0.npz")):
             assert time.time() < deadline and proc.poll() is None, "site-3 never trained"
             time.sleep(0.1)
-        os.kill(simulator_pid(b"simulator_worker", "site-3"), signal.SIGKILL)
+        os.kill(simulator_pid(b"simulator_worker", "site-3", under=ws), signal.SIGKILL)
         run = wait_for(lambda r: r["events"], proc, 300)  # a round ended without site-3
     finally:
         proc.kill()  # the server, before the last round

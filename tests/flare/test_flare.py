@@ -300,7 +300,7 @@ def test_a_killed_site_is_lost_the_rest_finish_and_a_killed_server_loses_nothing
     while not list(work.glob("site-2/*/runs/transfer-1/last.pt")):  # training has begun
         assert time.time() < deadline and proc.poll() is None, "site-2 never started training"
         time.sleep(0.2)
-    pid = simulator_pid(b"simulator_worker", "site-2")
+    pid = simulator_pid(b"simulator_worker", "site-2", under=tmp_path / "ws1")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     killed = time.time()
