@@ -239,6 +239,7 @@ class FedTransfer(FedAvg):
             self.warning(f"fed-transfer size {self.size}: the record says {run.completed} "
                          "rounds but the global model is missing; starting over")
             run.completed, run.events, run.update_bytes, run.round_seconds = 0, [], [], []
+            run.round_sites = []
         if run.completed:
             run.resumed_from = run.completed
             self.info(f"fed-transfer size {self.size}: resuming after round {run.completed}")
@@ -322,6 +323,7 @@ class FedTransfer(FedAvg):
         run.sites = contributed
         run.completed = self.current_round + 1
         run.update_bytes.append(int(agg.bytes_in))
+        run.round_sites.append(len(contributed))
         run.round_seconds.append(round(time.monotonic() - self._round_start, 2))
         path = global_path(self._folder, self.size, run.completed)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -279,7 +279,10 @@ def _federation_gain(comparisons: list[dict]) -> dict | None:
 def _updating_sites(run: FedRun) -> list[int]:
     """Per round (``update_bytes[r]`` is round ``r``, from 0): the sites whose update was
     accepted, those of the last round and those left out at a later round (a site left out at
-    round ``e`` sent accepted updates in the rounds before ``e``)."""
+    round ``e`` sent accepted updates in the rounds before ``e``); the server's own count
+    (``round_sites``) where the record has it."""
+    if len(run.round_sites) == len(run.update_bytes):
+        return list(run.round_sites)
     left: dict[str, int] = {}
     for e in run.events:
         if e.site not in run.sites:

@@ -326,6 +326,7 @@ class FedRun:
     events: list[FedEvent] = field(default_factory=list)
     resumed_from: int | None = count(default=None)  # the first round this job ran, if resumed
     update_bytes: list[int] = field(default_factory=list)  # per round: model update bytes in
+    round_sites: list[int] = field(default_factory=list)  # per round: updates aggregated
     param_bytes: int | None = count(hi=10**12, default=None)  # the model's parameters, bytes
     round_seconds: list[float] = field(default_factory=list)  # per round run in this job
 

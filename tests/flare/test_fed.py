@@ -61,6 +61,7 @@ def test_fedavg_in_the_simulator_averages_the_sites_updates(federation, tmp_path
     param_bytes = sum(v.nbytes for v in start.values())
     assert run["param_bytes"] == param_bytes
     assert run["update_bytes"] == [3 * param_bytes, 3 * param_bytes]
+    assert run["round_sites"] == [3, 3]
 
     # each round's global model is the case-weighted mean of the updates the sites recorded
     # as sent (one training case each), added to the round's start: computed here anew
@@ -384,3 +385,30 @@ def test_a_site_trains_rounds_only_from_the_signed_model_and_says_why_not(federa
     # the metrics-only site keeps its weights
     r6 = FedSite("site-4", say=lambda m: None).round(first, start)
     assert r6.update is None and r6.event.value == "opted_out"
+
+
+@pytest.mark.slow
+def test_the_fed_arm_runs_in_poc_under_the_kits_fed_scope(federation, tmp_path):
+    """`--env poc` from sites/project.yml (site-1, site-2, site-3 as separate processes with
+    the production kits' policy): the job names the kits' `lvtl_fed` scope, the kits' own
+    FedUpdateFilter lets each site's update leave, and the FedAvg rounds complete."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "LVTL_SITES_DIR": str(federation / "sites"),
+           "LVTL_WORK_DIR": str(tmp_path / "work"), "NVFLARE_POC_WORKSPACE": str(tmp_path / "poc"),
+           "HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1",
+           "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+    cmd = [sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"), "--artifact",
+           str(federation / "artifact"), "--env", "poc", "--clients", ",".join(SHARING),
+           "--project", str(REPO / "sites" / "project.yml"), "--arms", "baseline,fed-transfer",
+           "--sizes", "1", "--epochs", "2", "--fed-rounds", "2", "--samples-per-epoch", "1",
+           "--crop", "2,24,32,32", "--downsample", "2", "--timeout", "900",
+           "--fed-state", str(tmp_path / "fed-state"), "--report-dir", str(tmp_path / "report")]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    (run,) = report["federation"]["runs"]
+    assert run["completed"] == 2 and run["sites"] == list(SHARING) and run["events"] == []
+    for site in SHARING:
+        assert [r["arm"] for r in report["sites"][site]["runs"]] == ["baseline", "fed-transfer"]
+        # the kit's own scope filter and the job's both ran; the site's filter once
+        assert report["sites"][site]["update_filter"] == "none"
