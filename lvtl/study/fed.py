@@ -7,7 +7,8 @@ Schedule: ``fed_rounds`` rounds per training size; in round ``r`` every site tra
 ``[r * E, (r + 1) * E)`` (``E = epochs / fed_rounds``) of the same schedule as the local
 ``transfer`` arm (learning rate, decay, crops per epoch), starting from the round's global
 model; so each site takes as many local steps in all as in its local transfer run. With one
-site, FedAvg hands its weights back unchanged and the arm is the local transfer run.
+site, FedAvg hands its weights back and the arm is the local transfer run (up to float
+rounding of global + difference).
 """
 
 from __future__ import annotations
