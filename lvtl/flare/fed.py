@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ N_TRAIN, FILTER, EVENT, REASON = "lvtl_n_train", "lvtl_update_filter", "lvtl_eve
 #: Keys of a round task's meta: the protocol, the size, and (first round of a job) the artifact.
 PROTOCOL, SIZE, ARTIFACT = "lvtl_protocol", "lvtl_size", "lvtl_artifact"
 RECORD = "federation.json"
+#: The server's environment variable naming its fed-transfer state folder.
+FED_STATE_ENV = "LVTL_FED_STATE"
 
 
 class _NoSitesLeft(Exception):
@@ -334,11 +337,11 @@ class FedTransfer(FedAvg):
 
 
 def state_root(controller, fed_state: str) -> Path:
-    """Where a server workflow keeps the federation's state across jobs: ``fed_state`` if
-    given (the simulator, whose workspace is made anew for every run), else the server's
-    workspace."""
-    return Path(fed_state) if fed_state else Path(controller.engine.get_workspace()
-                                                  .get_root_dir())
+    """Where a server workflow keeps the federation's state across jobs: ``fed_state`` if the
+    job gives it, else ``$LVTL_FED_STATE`` at the server (``job.py --env sim`` sets it: the
+    simulator's workspace is made anew for every run), else the server's workspace."""
+    chosen = fed_state or os.environ.get(FED_STATE_ENV)
+    return Path(chosen) if chosen else Path(controller.engine.get_workspace().get_root_dir())
 
 
 def artifact_folder(controller, artifact: str) -> Path:
@@ -359,4 +362,4 @@ def npz_bytes(arrays: dict) -> bytes:
 __all__ = ["FED_TASK", "FedTransfer", "CheckedAggregator", "state_dir", "study_key",
            "signed_weights", "read_record", "read_global", "left_out", "N_TRAIN", "FILTER",
            "EVENT", "REASON", "PROTOCOL", "SIZE", "ARTIFACT", "artifact_folder", "npz_bytes",
-           "state_root"]
+           "state_root", "FED_STATE_ENV"]

@@ -18,6 +18,7 @@ Every way ends by copying the server's report (``report.json``, ``report.md``, t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from nvflare.recipe import PocEnv, ProdEnv, SimEnv
 from lvtl.errors import ConfigError, LvtlError
 from lvtl.flare.alive import ALIVE_EVERY, DEAD_AFTER
 from lvtl.flare.controller import DEFAULT_TIMEOUT
+from lvtl.flare.fed import FED_STATE_ENV
 from lvtl.flare.provision import allow_in_simulator
 from lvtl.flare.recipe import StudyRecipe
 from lvtl.io.atomic import copy_file
@@ -56,9 +58,9 @@ class JobSettings:
         timeout: seconds the server waits for each site (0: no limit).
         report_dir: where the server's report is copied when the job ends.
         fed_state: the server's folder for the fed-transfer arm's state across jobs (a rerun
-            resumes after the last completed round); default: ``<workspace>/lvtl-fed-state``
-            in the simulator (whose job folder is made anew each run), the server's
-            workspace otherwise.
+            resumes after the last completed round); default: ``$LVTL_FED_STATE`` at the
+            server, else the server's workspace; ``--env sim`` sets ``LVTL_FED_STATE`` to
+            ``<workspace>/lvtl-fed-state`` (the simulator's job folder is made anew each run).
         dead_after: seconds of silence after which the server takes a site as lost.
     """
 
@@ -103,8 +105,8 @@ def parser() -> argparse.ArgumentParser:
                          f"{DEAD_AFTER:g})")
     ap.add_argument("--fed-state",
                     help="the server's folder for the fed-transfer arm's state across jobs "
-                         "(default: WORKSPACE/lvtl-fed-state in sim, the server's workspace "
-                         "otherwise)")
+                         "(default: $LVTL_FED_STATE at the server, else its workspace; with "
+                         "--env sim, WORKSPACE/lvtl-fed-state)")
     ap.add_argument("--report-dir", default="lvtl-report",
                     help="where the server's report is copied when the job ends")
     ap.add_argument("--export", action="store_true", help="write the job folder and stop")
@@ -139,8 +141,6 @@ def copy_report(report: Path, out_dir: str | Path) -> Path:
 
 def recipe(protocol: Protocol, settings: JobSettings) -> StudyRecipe:
     fed_state = settings.fed_state
-    if fed_state is None and settings.env == "sim":
-        fed_state = settings.workspace / "lvtl-fed-state"
     return StudyRecipe(settings.artifact, protocol,
                        min_clients=len(settings.clients) if settings.env != "prod" else 1,
                        timeout=settings.timeout, dead_after=settings.dead_after,
@@ -188,6 +188,8 @@ def run_job(protocol: Protocol, settings: JobSettings) -> Path:
     ``settings.report_dir``; returns the path of the copied ``report.json``."""
     study = recipe(protocol, settings)
     if settings.env == "sim":
+        if settings.fed_state is None:  # beside the simulator's job folder, made anew each run
+            os.environ[FED_STATE_ENV] = str((settings.workspace / "lvtl-fed-state").resolve())
         env = SimEnv(clients=list(settings.clients), workspace_root=str(settings.workspace))
         # the simulator has no kits: only its class allow-list must admit lvtl's classes
         allow_in_simulator(Path(env.workspace_root) / study.name)

@@ -161,6 +161,35 @@ def test_a_site_that_drops_out_is_left_out_and_a_rerun_resumes(federation, tmp_p
     assert "site-3" in md and "dropped" in md
 
 
+def test_the_exported_fed_job_runs_fedavg_per_size_first_under_the_fed_scope(federation,
+                                                                             tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"),
+                          "--artifact", str(federation / "artifact"), "--export",
+                          "--export-dir", str(tmp_path), "--arms", "baseline,fed-transfer",
+                          "--sizes", "4,1", "--epochs", "6", "--fed-rounds", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    job = tmp_path / "lvtl_study"
+    assert json.loads((job / "meta.json").read_text())["scope"] == "lvtl_fed"
+    server = json.loads(next(job.rglob("config_fed_server.json")).read_text())
+    flows = [(w["path"].rsplit(".", 1)[1], w["args"].get("size")) for w in server["workflows"]]
+    assert flows == [("FedTransfer", 1), ("FedTransfer", 4), ("StudyController", None)]
+    # no server folder is baked into the job: the server's own workspace (or LVTL_FED_STATE)
+    assert "fed_state" not in json.dumps(server["workflows"])
+    client = json.loads(next(job.rglob("config_fed_client.json")).read_text())
+    assert client["executors"][0]["tasks"] == ["lvtl_study", "lvtl_fed_train"]
+    assert [(f["tasks"], [x["path"].rsplit(".", 1)[1] for x in f["filters"]])
+            for f in client["task_result_filters"]] == [
+        (["lvtl_study"], ["MetricsOnlyFilter"]), (["lvtl_fed_train"], ["FedUpdateFilter"])]
+    # a site alone, or a protocol whose epochs do not split into the rounds: refused
+    bad = subprocess.run([sys.executable, str(REPO / "jobs" / "lvtl_study" / "job.py"),
+                          "--artifact", str(federation / "artifact"), "--export",
+                          "--export-dir", str(tmp_path / "x"), "--arms", "fed-transfer",
+                          "--epochs", "5", "--fed-rounds", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "multiple of fed_rounds" in bad.stderr
+
+
 # --------------------------------------------------------------------------- the parts
 def _shapes():
     return {"a": (2, 3), "b": (4,)}
