@@ -144,6 +144,7 @@ def recipe(protocol: Protocol, settings: JobSettings) -> StudyRecipe:
     return StudyRecipe(settings.artifact, protocol,
                        min_clients=len(settings.clients) if settings.env != "prod" else 1,
                        timeout=settings.timeout, dead_after=settings.dead_after,
+                       mandatory_clients=settings.clients if settings.env == "poc" else (),
                        fed_state=str(Path(fed_state).resolve()) if fed_state else "")
 
 

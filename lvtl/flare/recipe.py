@@ -44,15 +44,18 @@ class StudyRecipe(Recipe):
     ``fed_state``: the server's folder for the federation's state across jobs (default: the
     server's workspace; a rerun resumes after the last completed round). ``dead_after``:
     seconds of silence after which a site is taken as lost (it then drops out of the
-    fed-transfer rounds, and its study results are marked lost)."""
+    fed-transfer rounds, and its study results are marked lost). ``mandatory_clients``: sites
+    the job must not start without (a POC starts every site of its project file, and the job
+    would otherwise start with whichever ``min_clients`` came up first)."""
 
     def __init__(self, artifact: str | Path, protocol: Protocol, *, name: str = "lvtl_study",
                  min_clients: int = 1, timeout: int = DEFAULT_TIMEOUT, fed_state: str = "",
-                 dead_after: float = DEAD_AFTER):
+                 dead_after: float = DEAD_AFTER, mandatory_clients: tuple[str, ...] = ()):
         artifact = Path(artifact).resolve()
         pack_artifact(artifact)  # refuse a folder that is not an artifact now, not at run time
         fed = Arm.FED_TRANSFER in protocol.arms
         job = FedJob(name=name, min_clients=min_clients,
+                     mandatory_clients=list(mandatory_clients) or None,
                      meta_props={"scope": FED_SCOPE if fed else PRIVACY_SCOPE})
         job.set_app_packages(["lvtl"])  # the sites' installed lvtl, never code in the job
         for size in sorted(set(protocol.sizes)) if fed else ():
