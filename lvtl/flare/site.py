@@ -29,7 +29,7 @@ from lvtl.data.splits import MIN_CASES
 from lvtl.errors import ArtifactError, ConfigError, LvtlError
 from lvtl.flare.privacy import check_section
 from lvtl.model.checkpoint import build_model
-from lvtl.model.train import train_round
+from lvtl.model.train import steps_per_epoch, train_round
 from lvtl.parallel import Say
 from lvtl.study.fed import shapes_of, weights_problem
 from lvtl.study.protocol import Arm, Protocol
@@ -250,15 +250,13 @@ class FedSite:
             trained = model.state_dict()
             update = {k: (trained[k].detach().cpu() - start[k]).numpy().astype(np.float32)
                       for k in start}
-            n_train = sum(bool(np.asarray(by_id[i].labelled).any())
-                          for i in split.subsets[size])
             # the site's own record of what it sent (what left it), one file per round
             np.savez(folder / f"update-round-{rnd}.npz", **update)
             say(f"[{site}] fed-transfer size {size} round {rnd + 1}/{protocol.fed_rounds}: "
                 f"{res.steps} steps, loss {res.loss:.4f}")
-            # optimiser steps of the round (batch 1), also when it was read back
-            steps = protocol.fed_epochs * max(1, protocol.samples_per_epoch or n_train)
-            return FedReply(update=update, n_train=n_train, steps=steps)
+            # optimiser steps of the round, also when it was read back
+            steps = protocol.fed_epochs * steps_per_epoch(cfg, res.cases)
+            return FedReply(update=update, n_train=res.cases, steps=steps)
         except Refused as e:
             say(str(e))
             return FedReply(event=FedEventKind.REFUSED, reason=e.reason)

@@ -167,8 +167,7 @@ def _epoch(step_model: torch.nn.Module, model: torch.nn.Module, opt: torch.optim
     device = torch.device(cfg.device)
     model.train()
     losses, t_load, t_total = [], 0.0, 0.0
-    steps = max(1, (cfg.samples_per_epoch or len(usable)) // cfg.batch_size)
-    for _ in range(steps):
+    for _ in range(steps_per_epoch(cfg, len(usable))):
         t0 = time.perf_counter()
         x, y, m = _batch(usable, cfg, rng)
         t1 = time.perf_counter()
@@ -191,6 +190,12 @@ def _epoch(step_model: torch.nn.Module, model: torch.nn.Module, opt: torch.optim
         t_load += t1 - t0
         t_total += time.perf_counter() - t0
     return float(np.mean(losses)), t_load, t_total
+
+
+def steps_per_epoch(cfg: TrainConfig, n_usable: int) -> int:
+    """Optimiser steps in one epoch: the crops per epoch (one per usable training case when
+    not set) over the batch size, at least one."""
+    return max(1, (cfg.samples_per_epoch or n_usable) // cfg.batch_size)
 
 
 @dataclass
@@ -314,6 +319,7 @@ class RoundResult:
     loss: float  # mean training loss of the round's epochs
     seconds: float
     resumed: bool = False  # the round's result was read back, not trained again
+    cases: int = 0  # the training cases used (those with a labelled phase)
 
 
 def train_round(model: torch.nn.Module, train_cases: list, cfg: TrainConfig,
@@ -353,7 +359,8 @@ def train_round(model: torch.nn.Module, train_cases: list, cfg: TrainConfig,
     if state is not None and state["epoch"] == last_epoch and state.get("first") == first_epoch:
         model.load_state_dict(state["model"])
         say(f"epochs {first_epoch + 1}-{last_epoch} were trained before: read from {path}")
-        return RoundResult(steps=0, loss=state["loss"], seconds=0.0, resumed=True)
+        return RoundResult(steps=0, loss=state["loss"], seconds=0.0, resumed=True,
+                           cases=len(usable))
     if state is not None and state["epoch"] == first_epoch:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -371,13 +378,14 @@ def train_round(model: torch.nn.Module, train_cases: list, cfg: TrainConfig,
     for epoch in range(first_epoch, last_epoch):
         loss, _, _ = _epoch(step_model, model, opt, usable, cfg, epoch, path, prox)
         losses.append(loss)
-        steps += max(1, (cfg.samples_per_epoch or len(usable)) // cfg.batch_size)
+        steps += steps_per_epoch(cfg, len(usable))
         sched.step()
     loss = float(np.mean(losses))
     checkpoint.save({"settings": settings, "first": first_epoch, "epoch": last_epoch,
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "model": model.state_dict(), "loss": loss}, path)
-    return RoundResult(steps=steps, loss=loss, seconds=time.perf_counter() - t0)
+    return RoundResult(steps=steps, loss=loss, seconds=time.perf_counter() - t0,
+                       cases=len(usable))
 
 
 def train_site(cache: str | Path, out_dir: str | Path, cfg: TrainConfig, *, filters: int = 8,
