@@ -178,7 +178,7 @@ class CheckedAggregator(ModelAggregator):
             problem = f"the number of training cases is {n_train!r}"
         self.bytes_in += nbytes(params) if problem is None else 0
         if problem:
-            self.error(f"update of {site} rejected: {problem}")
+            log.error("update of %s rejected: %s", site, problem)
             self._event(site, FedEventKind.REJECTED, detail=problem)
             return
         self.updates[site] = ({k: np.asarray(v) for k, v in params.items()}, float(n_train))
@@ -187,9 +187,6 @@ class CheckedAggregator(ModelAggregator):
         mean = weighted_mean(self.updates) if self.updates else {}
         return FLModel(params=mean, params_type=ParamsType.DIFF,
                        meta={"sites": sorted(self.updates)})
-
-    def error(self, msg: str) -> None:
-        log.error("%s", msg)
 
 
 class FedTransfer(FedAvg):
