@@ -10,7 +10,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from lvtl.errors import ConfigError
 from lvtl.flare.alive import DEAD_AFTER, heartbeats, silent_for
-from lvtl.flare.fed import artifact_folder, read_global, read_record, state_dir, state_root
+from lvtl.flare.fed import artifact_folder, job_state_dir, read_global, read_record
 from lvtl.flare.site import pack_artifact
 from lvtl.study.protocol import Arm, Protocol
 from lvtl.study.report import write_report
@@ -79,7 +79,9 @@ class StudyController(ModelController):
         heartbeats(self.engine)  # from now on the sites' signs of life are recorded
         self.info(f"sending the study to {', '.join(clients)}")
         for name in clients:
-            task = FLModel(params={"artifact": files, "protocol": self.protocol, "fed": fed},
+            # a site gets the federation's models of the sizes it trained, no others
+            mine = {size: run for size, run in fed.items() if name in run["sites"]}
+            task = FLModel(params={"artifact": files, "protocol": self.protocol, "fed": mine},
                            current_round=0, total_rounds=1)
             self.send_model(task_name=self.task_name, data=task, targets=[name],
                             timeout=self.timeout, callback=collect)
@@ -110,8 +112,7 @@ class StudyController(ModelController):
         None, {size: {"params": weights, "sites": names}})``."""
         if Arm.FED_TRANSFER not in protocol.arms:
             return None, {}
-        names = sorted(c.name for c in self.engine.get_clients())
-        folder = state_dir(state_root(self, self.fed_state), files, protocol, names)
+        folder = job_state_dir(self, self.fed_state, files, protocol)
         record = read_record(folder, protocol)
         fed = {}
         for run in record.runs:

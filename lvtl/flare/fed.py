@@ -95,6 +95,14 @@ def signed_weights(files: dict[str, bytes]) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in st_load(data).items()}
 
 
+def job_state_dir(controller, fed_state: str, files: dict[str, bytes],
+                  protocol: Protocol) -> Path:
+    """The state folder of the study a server workflow runs (:func:`state_dir` of the job's
+    sites), the same for the fed-transfer workflows and the study workflow after them."""
+    sites = sorted(c.name for c in controller.engine.get_clients())
+    return state_dir(state_root(controller, fed_state), files, protocol, sites)
+
+
 def read_record(folder: Path, protocol: Protocol) -> FedStudy:
     """The server's record of the study (a fresh one when none is there yet)."""
     path = folder / RECORD
@@ -217,9 +225,7 @@ class FedTransfer(FedAvg):
     # ------------------------------------------------------------------ the run
     def run(self) -> None:
         self._files = pack_artifact(artifact_folder(self, self.artifact))
-        clients = sorted(c.name for c in self.engine.get_clients())
-        self._folder = state_dir(state_root(self, self.fed_state), self._files, self.study,
-                                 clients)
+        self._folder = job_state_dir(self, self.fed_state, self._files, self.study)
         self._record = read_record(self._folder, self.study)
         runs = {r.size: r for r in self._record.runs}
         start = signed_weights(self._files)
@@ -359,4 +365,4 @@ def npz_bytes(arrays: dict) -> bytes:
 __all__ = ["FED_TASK", "FedTransfer", "CheckedAggregator", "state_dir", "study_key",
            "signed_weights", "read_record", "read_global", "left_out", "N_TRAIN", "FILTER",
            "EVENT", "REASON", "PROTOCOL", "SIZE", "ARTIFACT", "artifact_folder", "npz_bytes",
-           "state_root", "FED_STATE_ENV"]
+           "state_root", "FED_STATE_ENV", "job_state_dir"]
