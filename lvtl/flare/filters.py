@@ -105,12 +105,13 @@ class FedUpdateFilter(Filter):
                 raise ValueError(f"{key}: expected a positive count, got {value!r}")
         out = DXO(DataKind.WEIGHT_DIFF, data=weights,
                   meta={N_TRAIN: n_train, FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps})
-        done = fl_ctx.get_prop(_FILTERED)  # the kit's scope and the job both run this filter
         task_id = fl_ctx.get_prop(FLContextKey.TASK_ID)
         privacy = build_update_filter(fed, cfg.source)
-        if privacy is not None and (done is None or done != task_id):
+        # the kit's scope and the job both run this filter: the site's filter applies once
+        if privacy is not None and fl_ctx.get_prop(_FILTERED) != task_id:
             out = privacy.process_dxo(out, out.to_shareable(), fl_ctx) or out
             fl_ctx.set_prop(_FILTERED, task_id, private=True, sticky=False)
+        # only these leave, whatever meta the NVFlare filter added
         out.meta = {N_TRAIN: n_train, FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps,
                     FILTER: fed.update_filter.value}
         return out
