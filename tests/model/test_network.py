@@ -7,7 +7,9 @@ import torch
 from lvtl.model.network import (
     Conv4d,
     GroupNorm4d,
+    LVNet4d,
     _Conv4dFunction,
+    _StackedConv4dFunction,
     _upsample2,
     channels_last_4d,
 )
@@ -36,23 +38,30 @@ CASES = [((2, 3, 4, 5, 4, 3), 3, 1, 1, True), ((1, 2, 5, 4, 6, 5), 3, 2, 1, True
          ((2, 1, 3, 5, 5, 4), (1, 3, 3, 3), 1, (0, 1, 1, 1), True),
          ((1, 2, 5, 5, 5, 5), 2, 2, 0, True),
          ((1, 2, 1, 4, 4, 4), 3, 1, 1, True),  # one frame: no time offset reaches all outputs
-         ((1, 2, 2, 4, 4, 4), 3, 2, 2, True)]  # output frames no offset reaches (bias only)
+         ((1, 2, 2, 4, 4, 4), 3, 2, 2, True),  # output frames no offset reaches (bias only)
+         ((1, 1, 4, 5, 4, 4), 3, 1, 1, True)]  # the first layer's: one channel
 
 
+FUNCTIONS = pytest.mark.parametrize("fn", [_Conv4dFunction, _StackedConv4dFunction],
+                                    ids=["per-offset", "stacked"])
+
+
+@FUNCTIONS
 @pytest.mark.parametrize("shape,k,stride,padding,bias", CASES)
-def test_conv4d_equals_the_direct_computation(shape, k, stride, padding, bias):
+def test_conv4d_equals_the_direct_computation(shape, k, stride, padding, bias, fn):
     torch.manual_seed(0)
     conv = Conv4d(shape[1], 3, k, stride, padding, bias=bias).double()
     x = torch.randn(shape, dtype=torch.float64)
-    got = conv(x).detach().numpy()
+    got = fn.apply(x, conv.weight, conv.bias, conv.stride, conv.padding).detach().numpy()
     ref = direct_conv4d(x, conv.weight.detach(), None if conv.bias is None else
                         conv.bias.detach(), conv.stride, conv.padding)
     assert got.shape == ref.shape
     assert np.allclose(got, ref, atol=1e-10)
 
 
+@FUNCTIONS
 @pytest.mark.parametrize("shape,k,stride,padding,bias", CASES)
-def test_conv4d_gradients_equal_the_numerical_ones(shape, k, stride, padding, bias):
+def test_conv4d_gradients_equal_the_numerical_ones(shape, k, stride, padding, bias, fn):
     """The hand-written backward pass (input, weight and bias) against finite differences,
     in float64, with an input in the default (not channels-last) layout."""
     torch.manual_seed(1)
@@ -60,10 +69,36 @@ def test_conv4d_gradients_equal_the_numerical_ones(shape, k, stride, padding, bi
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     params = tuple(p.detach().clone().requires_grad_() for p in
                    ((conv.weight,) + ((conv.bias,) if bias else ())))
-    assert torch.autograd.gradcheck(conv, (x,))
-    assert torch.autograd.gradcheck(
-        lambda w, *b: _Conv4dFunction.apply(x.detach(), w, b[0] if b else None, conv.stride,
-                                            conv.padding), params)
+
+    def apply(xx, w, *b):
+        return fn.apply(xx, w, b[0] if b else None, conv.stride, conv.padding)
+
+    assert torch.autograd.gradcheck(lambda xx: apply(xx, *params), (x,))
+    assert torch.autograd.gradcheck(lambda *p: apply(x.detach(), *p), params)
+    # input and weights at once (the backward pass reuses buffers between the two)
+    assert torch.autograd.gradcheck(apply, (x,) + params)
+
+
+@FUNCTIONS
+@pytest.mark.parametrize("shape,k,stride,padding,bias", CASES)
+def test_conv4d_float32_gradients_equal_the_float64_ones(shape, k, stride, padding, bias, fn):
+    """On the CPU in float32 the layer runs oneDNN's kernels on channels-last frames and
+    reuses their buffers (float64 runs PyTorch's default path, checked above against finite
+    differences): input, weight and bias gradients at once, against float64, relative 1e-5."""
+    torch.manual_seed(3)
+    conv = Conv4d(shape[1], 4, k, stride, padding, bias=bias)
+    x = torch.randn(shape)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        c = Conv4d(shape[1], 4, k, stride, padding, bias=bias).to(dtype)
+        c.load_state_dict(conv.state_dict())
+        xx = x.to(dtype).detach().requires_grad_()
+        out = fn.apply(xx, c.weight, c.bias, c.stride, c.padding)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape))
+        grads.append([g.double() for g in (xx.grad, c.weight.grad)
+                      + ((c.bias.grad,) if bias else ())])
+    for got, want in zip(*grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * want.abs().max())
 
 
 def test_layers_keep_channels_last_4d_and_equal_the_default_layout():
@@ -121,16 +156,12 @@ def test_bad_shapes_are_refused():
 
 @pytest.mark.parametrize("size", [(4, 8, 8, 8), (5, 7, 9, 6), (3, 5, 5, 5)])
 def test_network_output_shape_odd_and_even(size):
-    from lvtl.model.network import LVNet4d
-
     net = LVNet4d(1, 3, init_filters=4, blocks_down=(1, 1, 2))
     y = net(torch.randn(1, 1, *size))
     assert y.shape == (1, 3, *size)
 
 
 def test_network_learns_and_gradients_reach_the_stem():
-    from lvtl.model.network import LVNet4d
-
     torch.manual_seed(0)
     net = LVNet4d(1, 3, init_filters=4, blocks_down=(1, 1))
     x = torch.randn(2, 1, 4, 6, 6, 6)
@@ -147,9 +178,13 @@ def test_network_learns_and_gradients_reach_the_stem():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_paper_configuration_has_the_papers_widths():
-    from lvtl.model.network import LVNet4d
+def test_only_the_first_layer_runs_stacked():
+    net = LVNet4d()
+    assert net.stem.stacked
+    assert not any(m.stacked for m in net.modules() if isinstance(m, Conv4d) and m is not net.stem)
 
+
+def test_paper_configuration_has_the_papers_widths():
     net = LVNet4d()  # 1, 2, 4 blocks at 8, 16, 32 filters
     assert [len(e) for e in net.encoder] == [1, 2, 4]
     assert [e[0].conv1.out_channels for e in net.encoder] == [8, 16, 32]
