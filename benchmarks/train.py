@@ -18,7 +18,9 @@ input and weight gradients — or once where the input needs no gradient, the fi
 divided by this machine's conv3d throughput measured in the same process: forward plus both
 gradients of the configuration's own level-0 convolution (T frames as the batch, f -> f
 channels, 3x3x3, the crop's size) in ``channels_last_3d`` (oneDNN's fast layout), mean of 3
-after a warm-up. ``ratio`` = step time / limit (goal: at most 1.5). ``--lvtl-src DIR``
+after a warm-up. ``ratio`` = step time / limit (goal: at most 1.5). The steps use the
+training loop's optimiser (``make_optimizer``) and allocator setting (``reuse_freed_memory``),
+which also holds while the conv3d reference runs. ``--lvtl-src DIR``
 measures the lvtl package of another source tree (e.g. a ``git worktree`` of an older
 commit), for before/after tables.
 
@@ -31,6 +33,7 @@ inference are not included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -124,17 +127,28 @@ def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: 
                     groups=min(8, cfg["filters"]))
     dev = torch.device(device)
     model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    try:  # the optimiser and allocator settings of lvtl's training loop (absent in older trees)
+        from lvtl.model.heap import reuse_freed_memory
+        from lvtl.model.train import make_optimizer
+    except ImportError:
+        def make_optimizer(m, lr):
+            return torch.optim.Adam(m.parameters(), lr)
+        reuse_freed_memory = contextlib.nullcontext
+    opt = make_optimizer(model, 1e-3)
     step_model = torch.compile(model) if compile_ else model
     tc = TrainConfig(crop=tuple(cfg["crop"]))
     rng = np.random.default_rng(0)
     load = total = 0.0
-    warm = (1 if name == "paper" else 2) + (3 if compile_ or dev.type == "cuda" else 0)
+    # warm-up: also lets the case find the foreground of its labelled phases, as the first
+    # crops of a training run do
+    warm = (1 if name == "paper" else 5) + (3 if compile_ or dev.type == "cuda" else 0)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    memory = reuse_freed_memory()
+    memory.__enter__()  # held for the steps and the conv3d reference alike
     for i in range(warm + steps):
         if i == warm and dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -159,6 +173,7 @@ def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: 
            "loading_share": load / total, "peak_rss_mib": peak}
     flops = conv_flops(model, tuple(cfg["crop"]))
     throughput = conv3d_throughput(cfg["filters"], tuple(cfg["crop"]))
+    memory.__exit__(None, None, None)
     row.update(step_gflop=flops / 1e9, conv3d_gflops=throughput / 1e9,
                limit_seconds=flops / throughput,
                ratio=(total / steps) / (flops / throughput))
@@ -173,7 +188,7 @@ def worker(name: str, cache: str | None, steps: int, device: str = "cpu", bf16: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", help="a case cache folder (default: synthetic)")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")

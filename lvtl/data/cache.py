@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +156,15 @@ class CachedCase:
     meta: dict
     factor: int = 1  # the arrays are at this multiple of the cache grid (:func:`downsample`)
     native_label: np.ndarray | None = None  # the cache grid's labels when ``factor`` > 1
+    _foreground: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def foreground(self, t: int) -> np.ndarray:
+        """The ``(z, y, x)`` indices of phase ``t``'s labelled voxels, in ``np.argwhere``'s
+        order; found once per phase (a training crop centred on the foreground needs them, and
+        a full-volume scan per crop took most of the crop's time)."""
+        if t not in self._foreground:
+            self._foreground[t] = np.argwhere(self.label[t] > 0)
+        return self._foreground[t]
 
 
 def load_cached(cache_dir: str | Path) -> CachedCase:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from lvtl.errors import ConfigError
@@ -22,13 +24,16 @@ def normalize_hu(hu: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> np.
 
 def random_crop(image: np.ndarray, label: np.ndarray, labelled: np.ndarray,
                 crop: tuple[int, int, int, int], rng: np.random.Generator,
-                foreground: float = 0.67, window: tuple[float, float] = HU_WINDOW):
+                foreground: float = 0.67, window: tuple[float, float] = HU_WINDOW,
+                foreground_voxels: Callable[[int], np.ndarray] | None = None):
     """One training sample from a cached case: a ``crop`` of ``(t, z, y, x)``.
 
     With probability ``foreground`` the crop is centred (with jitter) on a random foreground
     voxel of a random labelled phase, otherwise anywhere. Time is cyclic (the cardiac cycle), so
     a window of ``crop[0]`` phases wraps around; it always holds the chosen labelled phase.
-    Space outside the volume is air (label 0). Returns ``(image (1, t, z, y, x) float32,
+    Space outside the volume is air (label 0). ``foreground_voxels(t)``, when given, returns
+    ``np.argwhere(label[t] > 0)`` (e.g. :meth:`lvtl.data.cache.CachedCase.foreground`, found
+    once); the crops are the same either way. Returns ``(image (1, t, z, y, x) float32,
     label (t, z, y, x) int64, labelled (t,) bool)``.
     """
     t_all = image.shape[0]
@@ -41,7 +46,10 @@ def random_crop(image: np.ndarray, label: np.ndarray, labelled: np.ndarray,
     if not len(phases):
         raise ConfigError("a case with no labelled phase cannot give a training crop")
     t0 = int(rng.choice(phases))
-    fg = np.argwhere(label[t0] > 0) if rng.random() < foreground else np.empty((0, 3))
+    if rng.random() < foreground:
+        fg = foreground_voxels(t0) if foreground_voxels else np.argwhere(label[t0] > 0)
+    else:
+        fg = np.empty((0, 3))
     if len(fg):
         centre = fg[rng.integers(len(fg))] + rng.integers(-8, 9, 3)
     else:

@@ -41,6 +41,7 @@ from lvtl.io.nifti import write_volume
 from lvtl.io.seg import write_seg
 from lvtl.labels import KEYS, label_file_name
 from lvtl.measure.metrics import case_dice
+from lvtl.model.heap import reuse_freed_memory
 
 
 def _starts(n: int, w: int, overlap: float) -> list[int]:
@@ -68,6 +69,7 @@ def _time_windows(t_all: int, ct: int, phases: Sequence[int] | None) -> list[np.
 
 
 @torch.no_grad()
+@reuse_freed_memory()
 def predict_proba(model: torch.nn.Module, image: np.ndarray, crop: Sequence[int],
                   device: str | torch.device = "cpu", phases: Sequence[int] | None = None,
                   overlap: float = 0.25, bf16: bool = False,

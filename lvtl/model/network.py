@@ -225,6 +225,22 @@ class _StackedConv4dFunction(torch.autograd.Function):
 STACKED_MAX_CHANNELS = 3
 
 
+def runs_stacked(in_channels: int, kt: int, stride: int, padding: int, n: int, t_in: int
+                 ) -> bool:
+    """Whether a layer runs as one stacked convolution on an input of ``n`` x ``t_in`` frames:
+    with few input channels (:data:`STACKED_MAX_CHANNELS`), or where some time offset would
+    convolve a batch of a single frame beside others (few frames: the demo's deeper levels);
+    oneDNN handles that batch worst (:func:`_conv3d_backward` doubles it), and one stacked
+    convolution over all output frames took 0.6-0.8x the time there (2 threads)."""
+    if kt == 1:
+        return False
+    if in_channels * kt <= STACKED_MAX_CHANNELS:
+        return True
+    t_out = (t_in + 2 * padding - kt) // stride + 1
+    spans = _spans(kt, stride, padding, t_in, t_out)
+    return len(spans) > 1 and any(n * (hi - lo) == 1 for _, lo, hi, _ in spans)
+
+
 class Conv4d(nn.Module):
     """4D convolution: input ``(N, C_in, T, D, H, W)``, output ``(N, C_out, T', D', H', W')``."""
 
@@ -260,15 +276,10 @@ class Conv4d(nn.Module):
                              f"{tuple(x.shape)}")
         if min(self.output_shape(*x.shape[2:])) < 1:
             raise ValueError(f"input {tuple(x.shape[2:])} is smaller than the kernel")
-        fn = _StackedConv4dFunction if self.stacked else _Conv4dFunction
+        stacked = runs_stacked(self.in_channels, self.kernel_size[0], self.stride[0],
+                               self.padding[0], x.shape[0], x.shape[2])
+        fn = _StackedConv4dFunction if stacked else _Conv4dFunction
         return fn.apply(x, self.weight, self.bias, self.stride, self.padding)
-
-    @property
-    def stacked(self) -> bool:
-        """Whether the layer runs as one stacked convolution (see
-        :data:`STACKED_MAX_CHANNELS`)."""
-        kt = self.kernel_size[0]
-        return kt > 1 and self.in_channels * kt <= STACKED_MAX_CHANNELS
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -329,6 +340,48 @@ def _upsample2(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.permute(0, 5, 1, 2, 3, 4)
 
 
+def _halve_pairs(g: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """``g`` (memory ``(N, 2T, 2D, 2H, 2W, C)``, contiguous) summed over each 2^4 block of
+    voxels, to ``(N, T, D, H, W, C)`` for ``sizes`` ``(N, T, D, H, W, C)``: one dimension at a
+    time, each a sum of two contiguous halves (PyTorch's ``sum`` over the four interleaved
+    dimensions at once is 8 to 17x slower)."""
+    n, t, d, h, w, c = sizes
+    outer = n
+    for size in (t, d, h, w):
+        outer *= size
+        g = g.reshape(outer, 2, -1)
+        g = g[:, 0] + g[:, 1]
+    return g.reshape(n, t, d, h, w, c)
+
+
+class _UpsampleAdd(torch.autograd.Function):
+    """``skip + upsample2(x)`` (nearest, by 2 in T, D, H, W) for ``skip`` exactly twice ``x``'s
+    size, channels-last 4D in and out; without the upsampled copy of ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, skip):
+        n, c, t, d, h, w = x.shape
+        xs = channels_last_4d(x).permute(0, 2, 3, 4, 5, 1)  # (N, T, D, H, W, C), contiguous
+        ss = channels_last_4d(skip).permute(0, 2, 3, 4, 5, 1)
+        out = ss.view(n, t, 2, d, 2, h, 2, w, 2, c) + xs.view(n, t, 1, d, 1, h, 1, w, 1, c)
+        ctx.sizes = (n, t, d, h, w, c)
+        return out.view(n, 2 * t, 2 * d, 2 * h, 2 * w, c).permute(0, 5, 1, 2, 3, 4)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = channels_last_4d(grad).permute(0, 2, 3, 4, 5, 1)
+        gx = _halve_pairs(g, ctx.sizes).permute(0, 5, 1, 2, 3, 4)
+        return gx, grad
+
+
+def _upsample2_add(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``skip`` plus ``x`` upsampled to its size (nearest, by 2; cropped where ``skip`` is
+    odd), channels-last 4D."""
+    if tuple(skip.shape[2:]) == tuple(2 * s for s in x.shape[2:]):
+        return _UpsampleAdd.apply(x, skip)
+    return _upsample2(x, skip) + skip
+
+
 class LVNet4d(nn.Module):
     """Myronenko's 4D CNN for cardiac sequences (STACOM 2019), SegResNet style.
 
@@ -375,5 +428,5 @@ class LVNet4d(nn.Module):
             skips.append(x)
         for reduce, dec, skip in zip(self.reduce, self.decoder, reversed(skips[:-1]),
                                      strict=True):
-            x = dec(_upsample2(reduce(x), skip) + skip)
+            x = dec(_upsample2_add(reduce(x), skip))
         return self.head(x)

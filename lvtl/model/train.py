@@ -24,6 +24,7 @@ from lvtl.data.splits import split_cases
 from lvtl.errors import ConfigError, TrainError, choose
 from lvtl.io.atomic import write_text
 from lvtl.model import checkpoint
+from lvtl.model.heap import reuse_freed_memory
 from lvtl.model.infer import evaluate_dice
 from lvtl.model.loss import masked_dice_loss
 from lvtl.model.network import Conv4d, LVNet4d
@@ -124,7 +125,8 @@ def _batch(cases, cfg: TrainConfig, rng: np.random.Generator):
     imgs, labs, masks = [], [], []
     for _ in range(cfg.batch_size):
         c = cases[int(rng.integers(len(cases)))]
-        img, lab, lm = random_crop(c.image, c.label, c.labelled, cfg.crop, rng, cfg.foreground)
+        img, lab, lm = random_crop(c.image, c.label, c.labelled, cfg.crop, rng, cfg.foreground,
+                                   foreground_voxels=getattr(c, "foreground", None))
         if cfg.augment_intensity:
             a = cfg.augment_intensity
             img = img * np.float32(1 + rng.uniform(-a, a)) + np.float32(rng.uniform(-a, a))
@@ -156,6 +158,14 @@ def batch_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, m: torc
     return masked_dice_loss(logits.float(), y, m)
 
 
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """The training optimiser: Adam, in PyTorch's fused implementation on the CPU and CUDA
+    (the same update in one kernel: 0.2 ms a step against 1.2 ms for the demo's network)."""
+    device = next(model.parameters()).device.type
+    return torch.optim.Adam(model.parameters(), lr=lr,
+                            fused=True if device in ("cpu", "cuda") else None)
+
+
 def _epoch(step_model: torch.nn.Module, model: torch.nn.Module, opt: torch.optim.Optimizer,
            usable: list, cfg: TrainConfig, epoch: int, last_path: Path,
            prox: Proximal | None = None) -> tuple[float, float, float]:
@@ -167,28 +177,29 @@ def _epoch(step_model: torch.nn.Module, model: torch.nn.Module, opt: torch.optim
     device = torch.device(cfg.device)
     model.train()
     losses, t_load, t_total = [], 0.0, 0.0
-    for _ in range(steps_per_epoch(cfg, len(usable))):
-        t0 = time.perf_counter()
-        x, y, m = _batch(usable, cfg, rng)
-        t1 = time.perf_counter()
-        x, y, m = x.to(device), y.to(device), m.to(device)
-        try:
-            loss = batch_loss(step_model, x, y, m, cfg.bf16)
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise TrainError(f"epoch {epoch + 1}: the loss is {value}; stopped. "
-                                 f"The last good checkpoint is {last_path}")
-            if prox is not None:
-                loss = loss + prox.term(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        except torch.OutOfMemoryError:
-            raise TrainError(f"out of memory at crop {tuple(cfg.crop)} with batch "
-                             f"{cfg.batch_size}: choose a smaller crop or batch") from None
-        losses.append(value)
-        t_load += t1 - t0
-        t_total += time.perf_counter() - t0
+    with reuse_freed_memory():
+        for _ in range(steps_per_epoch(cfg, len(usable))):
+            t0 = time.perf_counter()
+            x, y, m = _batch(usable, cfg, rng)
+            t1 = time.perf_counter()
+            x, y, m = x.to(device), y.to(device), m.to(device)
+            try:
+                loss = batch_loss(step_model, x, y, m, cfg.bf16)
+                value = float(loss.detach())
+                if not np.isfinite(value):
+                    raise TrainError(f"epoch {epoch + 1}: the loss is {value}; stopped. "
+                                     f"The last good checkpoint is {last_path}")
+                if prox is not None:
+                    loss = loss + prox.term(model)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            except torch.OutOfMemoryError:
+                raise TrainError(f"out of memory at crop {tuple(cfg.crop)} with batch "
+                                 f"{cfg.batch_size}: choose a smaller crop or batch") from None
+            losses.append(value)
+            t_load += t1 - t0
+            t_total += time.perf_counter() - t0
     return float(np.mean(losses)), t_load, t_total
 
 
@@ -251,7 +262,7 @@ def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: Train
     last_path, best_path = out / "last.pt", out / "best.pt"
     device = torch.device(cfg.device)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr(transfer))
+    opt = make_optimizer(model, cfg.resolved_lr(transfer))
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.resolved_decay_every(), cfg.lr_decay)
     start, best, best_epoch, history = 0, -1.0, -1, []
     settings = {k: getattr(cfg, k) for k in RESUME_KEYS}
@@ -347,7 +358,7 @@ def train_round(model: torch.nn.Module, train_cases: list, cfg: TrainConfig,
     path.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.resolved_lr(transfer))
+    opt = make_optimizer(model, cfg.resolved_lr(transfer))
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg.resolved_decay_every(), cfg.lr_decay)
     settings = {k: getattr(cfg, k) for k in RESUME_KEYS}
     settings.update(lr=cfg.resolved_lr(transfer), decay_every=cfg.resolved_decay_every(),

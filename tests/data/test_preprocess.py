@@ -10,6 +10,7 @@ import pytest
 from lvtl.data import preprocess as pp
 from lvtl.data import resample as rs
 from lvtl.data.cache import load_cached
+from lvtl.data.crops import random_crop
 from lvtl.data.preprocess import PreprocessConfig, preprocess_case
 from lvtl.data.repair import relabel, repair_labels
 from lvtl.data.resample import CANONICAL, canonical_grid, resample, resample_labels
@@ -174,6 +175,23 @@ def test_cached_pair(phantom_root, cache_root, site):
     assert 250 < blood < 480 and 0 < myo < 250
     vol = c.meta["volumes"][str(ed)]["blood_pool_ml"]
     assert vol == pytest.approx(truth["blood_pool_ml"][str(ed)], rel=0.06)
+
+
+def test_crops_with_the_cached_foreground_are_the_same(cache_root):
+    """A cached case finds each phase's foreground once; the training crops drawn with it
+    are those drawn by scanning the label each time (same draws of the generator)."""
+    c = load_cached(cache_root / "site-2-000")
+    for ph in np.flatnonzero(c.labelled):
+        assert np.array_equal(c.foreground(int(ph)), np.argwhere(c.label[ph] > 0))
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    on_foreground = 0
+    for _ in range(12):
+        with_cache = random_crop(c.image, c.label, c.labelled, (4, 24, 32, 32), a,
+                                 foreground_voxels=c.foreground)
+        scanned = random_crop(c.image, c.label, c.labelled, (4, 24, 32, 32), b)
+        assert all(np.array_equal(x, y) for x, y in zip(with_cache, scanned, strict=True))
+        on_foreground += bool(with_cache[1].any())
+    assert on_foreground >= 6  # most crops centre on the foreground (the cache is used)
 
 
 def test_head_first_and_feet_first_cases_look_alike(cache_root):

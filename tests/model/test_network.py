@@ -11,7 +11,9 @@ from lvtl.model.network import (
     _Conv4dFunction,
     _StackedConv4dFunction,
     _upsample2,
+    _upsample2_add,
     channels_last_4d,
+    runs_stacked,
 )
 
 
@@ -119,6 +121,27 @@ def test_layers_keep_channels_last_4d_and_equal_the_default_layout():
     assert torch.equal(up, want[:, :, :5, :7, :10, :11])
 
 
+@pytest.mark.parametrize("skip_size", [(4, 6, 8, 10), (3, 6, 7, 10)], ids=["even", "odd"])
+def test_upsample_add_equals_upsample_plus_skip_with_gradients(skip_size):
+    """The decoder's join (one pass, pairwise-summed gradient where the skip is exactly twice
+    the size) against nearest upsampling by repetition plus the skip, in value and gradient."""
+    torch.manual_seed(4)
+    x = channels_last_4d(torch.randn(1, 3, 2, 3, 4, 5, dtype=torch.float64)).requires_grad_()
+    skip = channels_last_4d(torch.randn(1, 3, *skip_size, dtype=torch.float64)).requires_grad_()
+    want = x
+    for dim in range(2, 6):
+        want = want.repeat_interleave(2, dim=dim)
+    want = want[:, :, :skip_size[0], :skip_size[1], :skip_size[2], :skip_size[3]] + skip
+    got = _upsample2_add(x, skip)
+    assert got.permute(0, 2, 3, 4, 5, 1).is_contiguous()
+    g = torch.randn_like(want)
+    assert torch.allclose(got, want, atol=0)
+    for a, b in zip(torch.autograd.grad(got, (x, skip), g), torch.autograd.grad(want, (x, skip), g),
+                    strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradcheck(_upsample2_add, (x, skip))
+
+
 def test_every_output_sees_a_full_4d_neighbourhood():
     conv = Conv4d(1, 1, 3, 1, 1, bias=False)
     with torch.no_grad():
@@ -178,10 +201,18 @@ def test_network_learns_and_gradients_reach_the_stem():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_only_the_first_layer_runs_stacked():
-    net = LVNet4d()
-    assert net.stem.stacked
-    assert not any(m.stacked for m in net.modules() if isinstance(m, Conv4d) and m is not net.stem)
+def test_which_layers_run_stacked():
+    """The first layer always; others only where a time offset would convolve a single frame
+    beside other offsets (the demo's deeper levels), never at the paper's 16, 8 and 4 frames."""
+    assert runs_stacked(1, 3, 1, 1, n=1, t_in=16)  # the first layer
+    for t in (16, 8, 4):
+        assert not runs_stacked(8, 3, 1, 1, n=1, t_in=t)
+        assert not runs_stacked(8, 3, 2, 1, n=1, t_in=2 * t)
+    assert runs_stacked(8, 3, 1, 1, n=1, t_in=2)  # offsets 0 and 2 read one frame each
+    assert runs_stacked(4, 3, 2, 1, n=1, t_in=4)  # down to 2 frames: offset 0 reads one
+    assert not runs_stacked(8, 3, 1, 1, n=2, t_in=2)  # a batch of two: no single frame
+    assert not runs_stacked(16, 3, 1, 1, n=1, t_in=1)  # one frame, one offset: nothing to stack
+    assert not runs_stacked(1, 1, 1, 0, n=1, t_in=1)  # no time kernel
 
 
 def test_paper_configuration_has_the_papers_widths():
