@@ -220,25 +220,86 @@ class _StackedConv4dFunction(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
-#: A layer whose input channels times time offsets are at most this many runs as one stacked
-#: convolution (:class:`_StackedConv4dFunction`): the first layer (1 x 3).
+class _OutStackedConv4dFunction(torch.autograd.Function):
+    """The same 4D convolution (stride 1 and "same" padding in time) as one ``conv3d`` of every
+    frame with the ``kt`` time slices of the kernel side by side as output channels
+    (``kt * C_out``), and a sum of those outputs shifted by their offsets. The backward pass is
+    one ``conv3d`` gradient call on the shifted output gradient, giving the whole input
+    gradient at once. Pays where the layer has few output channels (oneDNN fills its vectors
+    poorly with 4; the demo's first level: 0.77x the time of the per-offset calls) or an offset
+    would see a single frame (0.62x); at the paper's widths it is 5-15% slower."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        n, c_in, t = x.shape[:3]
+        c_out, _, kt = weight.shape[:3]
+        pt = padding[0]
+        frames = channels_last_4d(x).permute(0, 2, 1, 3, 4, 5).reshape(n * t, c_in, *x.shape[3:])
+        w3 = weight.permute(2, 0, 1, 3, 4, 5).reshape(kt * c_out, c_in, *weight.shape[3:])
+        y = _conv3d(frames, w3, None, stride[1:], padding[1:])  # (N*T, kt*C_out, D, H, W)
+        y = y.permute(0, 2, 3, 4, 1).reshape(n, t, *y.shape[2:], kt, c_out)
+        out = y[:, :, :, :, :, pt].clone(memory_format=torch.contiguous_format)  # every frame
+        if bias is not None:
+            out += bias
+        for k in range(kt):
+            s = k - pt  # output frame i reads input frame i + s
+            if s < 0:
+                out[:, -s:].add_(y[:, :t + s, :, :, :, k])
+            elif s > 0:
+                out[:, :t - s].add_(y[:, s:, :, :, :, k])
+        ctx.save_for_backward(frames, w3)
+        ctx.conv = (stride, padding, (n, t, c_in, c_out, kt), bias is not None)
+        return out.permute(0, 5, 1, 2, 3, 4)  # (N, C_out, T, D', H', W'), channels-last 4D
+
+    @staticmethod
+    def backward(ctx, grad):
+        frames, w3 = ctx.saved_tensors
+        stride, padding, (n, t, c_in, c_out, kt), has_bias = ctx.conv
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g = channels_last_4d(grad).permute(0, 2, 3, 4, 5, 1)  # (N, T, D', H', W', C_out)
+        gy = g.new_zeros(n, t, *g.shape[2:5], kt, c_out)
+        for k in range(kt):
+            s = k - padding[0]
+            if s < 0:
+                gy[:, :t + s, :, :, :, k] = g[:, -s:]
+            else:
+                gy[:, s:, :, :, :, k] = g[:, :t - s]
+        gy = gy.reshape(n * t, *g.shape[2:5], kt * c_out).permute(0, 4, 1, 2, 3)
+        gi, gw3 = _conv3d_backward(gy, frames, w3, stride[1:], padding[1:], (need_x, need_w))
+        gx = (channels_last_4d(gi.reshape(n, t, *gi.shape[1:]).permute(0, 2, 1, 3, 4, 5))
+              if need_x else None)
+        gw = (gw3.reshape(kt, c_out, c_in, *w3.shape[2:]).permute(1, 2, 0, 3, 4, 5).contiguous()
+              if need_w else None)
+        gb = grad.sum(dim=(0, 2, 3, 4, 5)) if need_b and has_bias else None
+        return gx, gw, gb, None, None
+
+
+#: A layer whose input channels times time offsets are at most this many runs with its input
+#: frames stacked (:class:`_StackedConv4dFunction`): the first layer (1 x 3).
 STACKED_MAX_CHANNELS = 3
+#: A layer with fewer output channels runs with its outputs stacked
+#: (:class:`_OutStackedConv4dFunction`) where it can (stride 1, "same" time padding).
+OUT_STACKED_BELOW = 8
 
 
-def runs_stacked(in_channels: int, kt: int, stride: int, padding: int, n: int, t_in: int
-                 ) -> bool:
-    """Whether a layer runs as one stacked convolution on an input of ``n`` x ``t_in`` frames:
-    with few input channels (:data:`STACKED_MAX_CHANNELS`), or where some time offset would
-    convolve a batch of a single frame beside others (few frames: the demo's deeper levels);
-    oneDNN handles that batch worst (:func:`_conv3d_backward` doubles it), and one stacked
-    convolution over all output frames took 0.6-0.8x the time there (2 threads)."""
+def conv4d_plan(in_channels: int, out_channels: int, kt: int, stride: int, padding: int,
+                n: int, t_in: int) -> type[torch.autograd.Function]:
+    """Which of the three equal computations of a 4D convolution to run on an input of ``n`` x
+    ``t_in`` frames, by what was faster here (2 threads, ``benchmarks/train.py``): per time
+    offset (:class:`_Conv4dFunction`, the default and the paper's widths), the input frames
+    stacked (few input channels; or a strided layer where an offset would convolve a single
+    frame beside others, which oneDNN handles worst), or the outputs stacked (few output
+    channels; or a single-frame offset in a stride-1 layer)."""
     if kt == 1:
-        return False
+        return _Conv4dFunction
     if in_channels * kt <= STACKED_MAX_CHANNELS:
-        return True
+        return _StackedConv4dFunction
     t_out = (t_in + 2 * padding - kt) // stride + 1
     spans = _spans(kt, stride, padding, t_in, t_out)
-    return len(spans) > 1 and any(n * (hi - lo) == 1 for _, lo, hi, _ in spans)
+    single = len(spans) > 1 and any(n * (hi - lo) == 1 for _, lo, hi, _ in spans)
+    if stride == 1 and 2 * padding == kt - 1 and (out_channels < OUT_STACKED_BELOW or single):
+        return _OutStackedConv4dFunction
+    return _StackedConv4dFunction if single else _Conv4dFunction
 
 
 class Conv4d(nn.Module):
@@ -276,9 +337,8 @@ class Conv4d(nn.Module):
                              f"{tuple(x.shape)}")
         if min(self.output_shape(*x.shape[2:])) < 1:
             raise ValueError(f"input {tuple(x.shape[2:])} is smaller than the kernel")
-        stacked = runs_stacked(self.in_channels, self.kernel_size[0], self.stride[0],
-                               self.padding[0], x.shape[0], x.shape[2])
-        fn = _StackedConv4dFunction if stacked else _Conv4dFunction
+        fn = conv4d_plan(self.in_channels, self.out_channels, self.kernel_size[0],
+                         self.stride[0], self.padding[0], x.shape[0], x.shape[2])
         return fn.apply(x, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:

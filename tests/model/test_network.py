@@ -9,11 +9,12 @@ from lvtl.model.network import (
     GroupNorm4d,
     LVNet4d,
     _Conv4dFunction,
+    _OutStackedConv4dFunction,
     _StackedConv4dFunction,
     _upsample2,
     _upsample2_add,
     channels_last_4d,
-    runs_stacked,
+    conv4d_plan,
 )
 
 
@@ -44,13 +45,23 @@ CASES = [((2, 3, 4, 5, 4, 3), 3, 1, 1, True), ((1, 2, 5, 4, 6, 5), 3, 2, 1, True
          ((1, 1, 4, 5, 4, 4), 3, 1, 1, True)]  # the first layer's: one channel
 
 
-FUNCTIONS = pytest.mark.parametrize("fn", [_Conv4dFunction, _StackedConv4dFunction],
-                                    ids=["per-offset", "stacked"])
+FUNCTIONS = pytest.mark.parametrize(
+    "fn", [_Conv4dFunction, _StackedConv4dFunction, _OutStackedConv4dFunction],
+    ids=["per-offset", "stacked-in", "stacked-out"])
+
+
+def _applies(fn, k, stride, padding) -> bool:
+    """The output-stacked form is for stride 1 and "same" padding in time only."""
+    kt, st, pt = (x if isinstance(x, int) else x[0] for x in (k, stride, padding))
+    if fn is _OutStackedConv4dFunction and not (st == 1 and 2 * pt == kt - 1):
+        pytest.skip("stride 1 and same time padding only")
+    return True
 
 
 @FUNCTIONS
 @pytest.mark.parametrize("shape,k,stride,padding,bias", CASES)
 def test_conv4d_equals_the_direct_computation(shape, k, stride, padding, bias, fn):
+    _applies(fn, k, stride, padding)
     torch.manual_seed(0)
     conv = Conv4d(shape[1], 3, k, stride, padding, bias=bias).double()
     x = torch.randn(shape, dtype=torch.float64)
@@ -66,6 +77,7 @@ def test_conv4d_equals_the_direct_computation(shape, k, stride, padding, bias, f
 def test_conv4d_gradients_equal_the_numerical_ones(shape, k, stride, padding, bias, fn):
     """The hand-written backward pass (input, weight and bias) against finite differences,
     in float64, with an input in the default (not channels-last) layout."""
+    _applies(fn, k, stride, padding)
     torch.manual_seed(1)
     conv = Conv4d(shape[1], 2, k, stride, padding, bias=bias).double()
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
@@ -87,6 +99,7 @@ def test_conv4d_float32_gradients_equal_the_float64_ones(shape, k, stride, paddi
     """On the CPU in float32 the layer runs oneDNN's kernels on channels-last frames and
     reuses their buffers (float64 runs PyTorch's default path, checked above against finite
     differences): input, weight and bias gradients at once, against float64, relative 1e-5."""
+    _applies(fn, k, stride, padding)
     torch.manual_seed(3)
     conv = Conv4d(shape[1], 4, k, stride, padding, bias=bias)
     x = torch.randn(shape)
@@ -96,6 +109,7 @@ def test_conv4d_float32_gradients_equal_the_float64_ones(shape, k, stride, paddi
         c.load_state_dict(conv.state_dict())
         xx = x.to(dtype).detach().requires_grad_()
         out = fn.apply(xx, c.weight, c.bias, c.stride, c.padding)
+        assert out.permute(0, 2, 3, 4, 5, 1).is_contiguous()  # channels-last 4D out
         out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape))
         grads.append([g.double() for g in (xx.grad, c.weight.grad)
                       + ((c.bias.grad,) if bias else ())])
@@ -201,18 +215,22 @@ def test_network_learns_and_gradients_reach_the_stem():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_which_layers_run_stacked():
-    """The first layer always; others only where a time offset would convolve a single frame
-    beside other offsets (the demo's deeper levels), never at the paper's 16, 8 and 4 frames."""
-    assert runs_stacked(1, 3, 1, 1, n=1, t_in=16)  # the first layer
+def test_which_computation_each_layer_runs():
+    """Input-stacked for the first layer; output-stacked for few output channels or where a
+    time offset would convolve a single frame beside others at stride 1; input-stacked for
+    that at stride 2; per offset at the paper's widths and 16, 8 and 4 frames."""
+    assert conv4d_plan(1, 8, 3, 1, 1, n=1, t_in=16) is _StackedConv4dFunction  # first layer
     for t in (16, 8, 4):
-        assert not runs_stacked(8, 3, 1, 1, n=1, t_in=t)
-        assert not runs_stacked(8, 3, 2, 1, n=1, t_in=2 * t)
-    assert runs_stacked(8, 3, 1, 1, n=1, t_in=2)  # offsets 0 and 2 read one frame each
-    assert runs_stacked(4, 3, 2, 1, n=1, t_in=4)  # down to 2 frames: offset 0 reads one
-    assert not runs_stacked(8, 3, 1, 1, n=2, t_in=2)  # a batch of two: no single frame
-    assert not runs_stacked(16, 3, 1, 1, n=1, t_in=1)  # one frame, one offset: nothing to stack
-    assert not runs_stacked(1, 1, 1, 0, n=1, t_in=1)  # no time kernel
+        for c in (8, 16, 32):
+            assert conv4d_plan(c, c, 3, 1, 1, n=1, t_in=t) is _Conv4dFunction
+        assert conv4d_plan(8, 16, 3, 2, 1, n=1, t_in=2 * t) is _Conv4dFunction
+    assert conv4d_plan(4, 4, 3, 1, 1, n=1, t_in=4) is _OutStackedConv4dFunction
+    assert conv4d_plan(8, 8, 3, 1, 1, n=1, t_in=2) is _OutStackedConv4dFunction
+    assert conv4d_plan(4, 8, 3, 2, 1, n=1, t_in=4) is _StackedConv4dFunction
+    assert conv4d_plan(8, 8, 3, 1, 1, n=2, t_in=2) is _Conv4dFunction  # no single frame
+    assert conv4d_plan(16, 16, 3, 1, 1, n=1, t_in=1) is _Conv4dFunction  # one offset
+    assert conv4d_plan(4, 4, 3, 1, 0, n=1, t_in=4) is _Conv4dFunction  # not "same" padding
+    assert conv4d_plan(8, 3, 1, 1, 0, n=1, t_in=4) is _Conv4dFunction  # no time kernel
 
 
 def test_paper_configuration_has_the_papers_widths():
