@@ -2,12 +2,12 @@
 
 glibc hands every allocation over 32 MiB its own ``mmap`` and gives it back to the system when
 it is freed, so each large activation or gradient (300 MB at the paper's crop) is paged in and
-zeroed afresh by the kernel: at the paper's crop that took 40% of a training step (22.9 s
+zeroed afresh by the kernel: at the paper's crop that took a third of a training step (20.3 s
 against 13.4 s per step with the memory kept, ``benchmarks/train.py``). Inside
 :func:`reuse_freed_memory` glibc serves large blocks from its heap and keeps what is freed for
 the next one; on leaving, its defaults come back and the heap's free memory is returned to the
 system. The price is memory: freed blocks of other sizes stay in the heap, so the peak resident
-memory grows (at the paper's crop 8.9 GB against 5.3 GB). ``LVTL_REUSE_MEMORY=0`` in the
+memory grows (at the paper's crop 11.2 GB against 5.6 GB; none at the demo's). ``LVTL_REUSE_MEMORY=0`` in the
 environment turns it off; elsewhere (another C library) it does nothing.
 """
 
