@@ -7,8 +7,9 @@ against 13.4 s per step with the memory kept, ``benchmarks/train.py``). Inside
 :func:`reuse_freed_memory` glibc serves large blocks from its heap and keeps what is freed for
 the next one; on leaving, its defaults come back and the heap's free memory is returned to the
 system. The price is memory: freed blocks of other sizes stay in the heap, so the peak resident
-memory grows (at the paper's crop 11.2 GB against 5.6 GB; none at the demo's). ``LVTL_REUSE_MEMORY=0`` in the
-environment turns it off; elsewhere (another C library) it does nothing.
+memory grows (at the paper's crop 11.2 GB against 5.6 GB; none at the demo's).
+``LVTL_REUSE_MEMORY=0`` in the environment turns it off; elsewhere (another C library) it does
+nothing.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@
 built from 3D convolutions over the time kernel: for each time offset ``kt`` the input frames it
 needs are gathered for all output times at once and folded into the batch, so a layer costs
 ``k`` calls of ``conv3d`` (not ``k * T``); see ``benchmarks/conv4d.py`` for the comparison with a
-loop over output frames.
+loop over output frames. Two equal rearrangements into a single ``conv3d`` (the offsets' input
+frames stacked in channels; the kernel's time slices stacked as output channels) run where
+they were faster: :func:`conv4d_plan` picks one per layer and input.
 
 Memory layout: activations are kept **channels-last in 4D** — a tensor of logical shape
 ``(N, C, T, D, H, W)`` laid out in memory as ``(N, T, D, H, W, C)`` (:func:`channels_last_4d`).
@@ -234,6 +236,8 @@ class _OutStackedConv4dFunction(torch.autograd.Function):
         n, c_in, t = x.shape[:3]
         c_out, _, kt = weight.shape[:3]
         pt = padding[0]
+        if stride[0] != 1 or 2 * pt != kt - 1:
+            raise ValueError("the output-stacked Conv4d needs stride 1 and same time padding")
         frames = channels_last_4d(x).permute(0, 2, 1, 3, 4, 5).reshape(n * t, c_in, *x.shape[3:])
         w3 = weight.permute(2, 0, 1, 3, 4, 5).reshape(kt * c_out, c_in, *weight.shape[3:])
         y = _conv3d(frames, w3, None, stride[1:], padding[1:])  # (N*T, kt*C_out, D, H, W)
