@@ -177,29 +177,28 @@ def _epoch(step_model: torch.nn.Module, model: torch.nn.Module, opt: torch.optim
     device = torch.device(cfg.device)
     model.train()
     losses, t_load, t_total = [], 0.0, 0.0
-    with reuse_freed_memory():
-        for _ in range(steps_per_epoch(cfg, len(usable))):
-            t0 = time.perf_counter()
-            x, y, m = _batch(usable, cfg, rng)
-            t1 = time.perf_counter()
-            x, y, m = x.to(device), y.to(device), m.to(device)
-            try:
-                loss = batch_loss(step_model, x, y, m, cfg.bf16)
-                value = float(loss.detach())
-                if not np.isfinite(value):
-                    raise TrainError(f"epoch {epoch + 1}: the loss is {value}; stopped. "
-                                     f"The last good checkpoint is {last_path}")
-                if prox is not None:
-                    loss = loss + prox.term(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            except torch.OutOfMemoryError:
-                raise TrainError(f"out of memory at crop {tuple(cfg.crop)} with batch "
-                                 f"{cfg.batch_size}: choose a smaller crop or batch") from None
-            losses.append(value)
-            t_load += t1 - t0
-            t_total += time.perf_counter() - t0
+    for _ in range(steps_per_epoch(cfg, len(usable))):
+        t0 = time.perf_counter()
+        x, y, m = _batch(usable, cfg, rng)
+        t1 = time.perf_counter()
+        x, y, m = x.to(device), y.to(device), m.to(device)
+        try:
+            loss = batch_loss(step_model, x, y, m, cfg.bf16)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise TrainError(f"epoch {epoch + 1}: the loss is {value}; stopped. "
+                                 f"The last good checkpoint is {last_path}")
+            if prox is not None:
+                loss = loss + prox.term(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        except torch.OutOfMemoryError:
+            raise TrainError(f"out of memory at crop {tuple(cfg.crop)} with batch "
+                             f"{cfg.batch_size}: choose a smaller crop or batch") from None
+        losses.append(value)
+        t_load += t1 - t0
+        t_total += time.perf_counter() - t0
     return float(np.mean(losses)), t_load, t_total
 
 
@@ -239,6 +238,7 @@ def usable_cases(train_cases: list, say: Say) -> list:
     return usable
 
 
+@reuse_freed_memory()  # freed activations kept for the whole run
 def train(model: torch.nn.Module, train_cases: list, val_cases: list, cfg: TrainConfig,
           out_dir: str | Path, *, transfer: bool = False, meta: dict | None = None,
           say: Say | None = None, restart_on_change: bool = False) -> TrainResult:
@@ -333,6 +333,7 @@ class RoundResult:
     cases: int = 0  # the training cases used (those with a labelled phase)
 
 
+@reuse_freed_memory()  # freed activations kept for the whole run
 def train_round(model: torch.nn.Module, train_cases: list, cfg: TrainConfig,
                 state_path: str | Path, first_epoch: int, last_epoch: int, *,
                 transfer: bool = True, mu: float = 0.0, say: Say | None = None) -> RoundResult:
