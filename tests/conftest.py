@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
-
-from lvtl.synth.profiles import draw_case
-from lvtl.synth.site import write_case
+from federation import drawn_case
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +17,8 @@ def phantom_root(tmp_path_factory) -> Path:
     """
     root = tmp_path_factory.mktemp("phantom")
     for site in ("site-1", "site-2"):
-        write_case(draw_case(site, 0, seed=0), root)
+        case = drawn_case(site, 0)
+        shutil.copytree(case, root / case.name)
     return root
 
 

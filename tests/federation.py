@@ -3,7 +3,10 @@ model, and each site's own config pinning the model owner's key."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,20 @@ from lvtl.synth.site import write_case
 CROP = (2, 24, 32, 32)
 
 
+@functools.cache
+def drawn_case(site: str, index: int) -> Path:
+    """Synthetic case ``index`` of ``site`` (seed 0), written once per test process (1,620
+    DICOM files, 5-10 s each time) for every fixture that needs it. Read-only: copy it."""
+    return write_case(draw_case(site, index, seed=0), _store() / site)
+
+
+@functools.cache
+def _store() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="lvtl-drawn-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
 def write_federation(root: Path, data_sites=("site-1", "site-2"), config_sites=None,
                      case_name: Callable[[int, int], str] | None = None) -> list[str]:
     """Three synthetic cases per site of ``data_sites`` in ``root/data/<site>`` (folders named
@@ -31,10 +48,9 @@ def write_federation(root: Path, data_sites=("site-1", "site-2"), config_sites=N
     for s, site in enumerate(data_sites):
         secrets.append(str(root / "data" / site))
         for i in range(3):
-            case = write_case(draw_case(site, i, seed=0), root / "drawn" / site)
+            case = drawn_case(site, i)
             dest = root / "data" / site / (case_name(s, i) if case_name else case.name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            case.rename(dest)
+            shutil.copytree(case, dest)
             ds = pydicom.dcmread(next((dest / "dicom").iterdir()), stop_before_pixels=True)
             secrets += [dest.name, str(ds.PatientID), str(ds.PatientName),
                         str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]

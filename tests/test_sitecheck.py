@@ -1,11 +1,13 @@
 """``lvtl site check``: one line per finding, non-zero on any problem."""
 
 import inspect
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from federation import drawn_case
 from nvflare.app_common.filters.exclude_vars import ExcludeVars
 from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
 from nvflare.app_common.filters.svt_privacy import SVTPrivacy
@@ -20,8 +22,6 @@ from lvtl.sitecheck import (
     build_update_filter,
     check_site,
 )
-from lvtl.synth.profiles import draw_case
-from lvtl.synth.site import write_case
 
 SERVICE = Account("lvtl-client", 4242, frozenset({4242}))  # an unprivileged service account
 
@@ -29,7 +29,8 @@ SERVICE = Account("lvtl-client", 4242, frozenset({4242}))  # an unprivileged ser
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    write_case(draw_case("site-2", 0), root)
+    case = drawn_case("site-2", 0)
+    shutil.copytree(case, root / case.name)
     return root
 
 
