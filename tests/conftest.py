@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from federation import drawn_case
+from federation import copy_drawn_case
 
 
 @pytest.fixture(scope="session")
@@ -17,8 +16,7 @@ def phantom_root(tmp_path_factory) -> Path:
     """
     root = tmp_path_factory.mktemp("phantom")
     for site in ("site-1", "site-2"):
-        case = drawn_case(site, 0)
-        shutil.copytree(case, root / case.name)
+        copy_drawn_case(site, 0, root)
     return root
 
 

@@ -23,10 +23,16 @@ from lvtl.synth.site import write_case
 CROP = (2, 24, 32, 32)
 
 
+def copy_drawn_case(site: str, index: int, parent: Path, name: str | None = None) -> Path:
+    """A copy of synthetic case ``index`` of ``site`` (seed 0) as ``parent/name`` (default: the
+    case's own name); the case itself is written once per test process (1,620 DICOM files,
+    5-10 s each time) for every fixture that needs it."""
+    case = _drawn_case(site, index)
+    return Path(shutil.copytree(case, parent / (name or case.name)))
+
+
 @functools.cache
-def drawn_case(site: str, index: int) -> Path:
-    """Synthetic case ``index`` of ``site`` (seed 0), written once per test process (1,620
-    DICOM files, 5-10 s each time) for every fixture that needs it. Read-only: copy it."""
+def _drawn_case(site: str, index: int) -> Path:
     return write_case(draw_case(site, index, seed=0), _store() / site)
 
 
@@ -48,9 +54,8 @@ def write_federation(root: Path, data_sites=("site-1", "site-2"), config_sites=N
     for s, site in enumerate(data_sites):
         secrets.append(str(root / "data" / site))
         for i in range(3):
-            case = drawn_case(site, i)
-            dest = root / "data" / site / (case_name(s, i) if case_name else case.name)
-            shutil.copytree(case, dest)
+            dest = copy_drawn_case(site, i, root / "data" / site,
+                                   case_name(s, i) if case_name else None)
             ds = pydicom.dcmread(next((dest / "dicom").iterdir()), stop_before_pixels=True)
             secrets += [dest.name, str(ds.PatientID), str(ds.PatientName),
                         str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]

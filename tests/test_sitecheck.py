@@ -1,13 +1,12 @@
 """``lvtl site check``: one line per finding, non-zero on any problem."""
 
 import inspect
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from federation import drawn_case
+from federation import copy_drawn_case
 from nvflare.app_common.filters.exclude_vars import ExcludeVars
 from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
 from nvflare.app_common.filters.svt_privacy import SVTPrivacy
@@ -29,8 +28,7 @@ SERVICE = Account("lvtl-client", 4242, frozenset({4242}))  # an unprivileged ser
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    case = drawn_case("site-2", 0)
-    shutil.copytree(case, root / case.name)
+    copy_drawn_case("site-2", 0, root)
     return root
 
 
